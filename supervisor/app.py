@@ -1,0 +1,30 @@
+"""Wire one plan into a running process: the supervisor, its views, and signal handling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+
+from supervisor.plan import Plan
+from supervisor.signals import handle_signals
+from supervisor.supervisor import Supervisor
+
+# A view is started before the servers and closed after the last one stopped (metrics, console).
+View = Callable[[Plan, Supervisor], AbstractAsyncContextManager[object]]
+
+
+async def run_plan(plan: Plan, views: tuple[View, ...] = ()) -> None:
+    """Serve ``plan`` until SIGTERM/SIGINT or a give-up (raises GaveUp)."""
+    supervisor = Supervisor(plan)
+    async with contextlib.AsyncExitStack() as stack:
+        for view in views:
+            await stack.enter_async_context(view(plan, supervisor))
+        with handle_signals(asyncio.get_running_loop(), supervisor.request_stop):
+            await supervisor.serve()
+
+
+@contextlib.asynccontextmanager
+async def no_view(plan: Plan, supervisor: Supervisor) -> AsyncIterator[None]:
+    yield

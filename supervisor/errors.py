@@ -1,0 +1,30 @@
+"""Every exception the supervisor raises on purpose, in one place (no import loops)."""
+
+from __future__ import annotations
+
+
+class SupervisorError(Exception):
+    """Base class for errors the CLI turns into an exit code and a message."""
+
+
+class ConfigError(SupervisorError):
+    """The config (or a command line argument) is invalid: exit code 2, nothing started.
+
+    ``problems`` holds one fully formatted line per problem
+    (``configs/x.yaml:12: servers[1].port: expected an integer 0-65535, got 'http'``).
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class GaveUp(SupervisorError):
+    """Restart intensity exceeded: the supervisor shut down in order and exits 1."""
+
+
+class StopServer(Exception):  # noqa: N818 - it is a request, not an error
+    """Raise from a handler or a lifespan to stop the server normally.
+
+    A ``permanent`` server is restarted anyway; ``transient`` and ``temporary`` servers stay stopped.
+    """

@@ -1,0 +1,97 @@
+"""The handler API users write against, and how a configured ``module:attr`` becomes one.
+
+A server's ``handler:`` names either
+
+* a **handler**: ``async def handle(reader, writer) -> None``, called once per connection; or
+* a **factory**: ``def make(options) -> handler`` or ``-> async context manager yielding a handler``.
+  The factory is called once per server generation (so a restart starts from fresh state) with the
+  server's ``options`` mapping. An async context manager is the server's *lifespan*: enter it to set up
+  per-server state and background tasks, and it is exited after the generation's connections drained.
+  An exception escaping the lifespan (including from a background task in a TaskGroup it owns) is a
+  server failure and triggers a restart.
+
+Inside a handler or a lifespan, :func:`current_server` tells which server runs it and whether it is draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import importlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+Handler: TypeAlias = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Factory: TypeAlias = Callable[[Mapping[str, Any]], Any]
+
+
+@dataclass(slots=True)
+class ServerContext:
+    """What a handler or lifespan may know about the server generation it runs in."""
+
+    name: str
+    generation: int
+    options: Mapping[str, Any]
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when this generation stops accepting (shutdown or restart): time to say goodbye."""
+
+
+_CURRENT: contextvars.ContextVar[ServerContext] = contextvars.ContextVar("supervisor_server")
+
+
+def current_server() -> ServerContext:
+    """The server running the calling handler or lifespan. Raises LookupError outside one."""
+    return _CURRENT.get()
+
+
+def set_current(ctx: ServerContext) -> None:
+    # Set in the generation's task before the server starts: asyncio copies the context into each
+    # connection's task, so handlers see it without any per-connection work.
+    _CURRENT.set(ctx)
+
+
+def resolve(target: str) -> object:
+    """Import ``module:attr``. Raises ImportError/AttributeError with the original message."""
+    module_name, _, attr_path = target.partition(":")
+    obj: object = importlib.import_module(module_name)
+    for part in attr_path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def is_direct_handler(obj: object) -> bool:
+    """True for ``async def handle(reader, writer)``; False for a factory taking ``options``."""
+    if not inspect.iscoroutinefunction(obj):
+        return False
+    try:
+        params = inspect.signature(obj).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+@contextlib.asynccontextmanager
+async def open_handler(target: object, direct: bool, options: Mapping[str, Any]) -> AsyncIterator[Handler]:
+    """Enter one generation's handler: call the factory and enter its lifespan, if any."""
+    if direct:
+        yield target  # type: ignore[misc]
+        return
+    made = target(options)  # type: ignore[operator]
+    if inspect.isawaitable(made):
+        made = await made
+    if hasattr(made, "__aenter__") and hasattr(made, "__aexit__"):
+        async with made as handler:
+            _check_handler(handler)
+            yield handler
+    else:
+        _check_handler(made)
+        yield made
+
+
+def _check_handler(handler: object) -> None:
+    if not callable(handler):
+        raise TypeError(f"the factory gave {handler!r}, expected an async def handle(reader, writer)")

@@ -1,0 +1,217 @@
+"""Config -> Plan: resolve handlers, order servers by ``after``, reject clashes. No event loop."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.config import BackoffSpec, Config, ConsoleSpec, MetricsSpec, ServerSpec, SupervisorSpec
+from supervisor.errors import ConfigError
+from supervisor.handler import is_direct_handler, resolve
+
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPlan:
+    name: str
+    target: object  # the resolved handler or factory
+    direct: bool  # True: ``target`` is the per-connection handler itself
+    handler_path: str
+    host: str
+    port: int
+    backlog: int
+    restart: str
+    on_handler_error: str
+    backoff: BackoffSpec
+    shutdown_timeout: float
+    after: tuple[str, ...]
+    options: Mapping[str, Any]
+    rank: int  # position in start order
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    source: str
+    supervisor: SupervisorSpec
+    metrics: MetricsSpec
+    console: ConsoleSpec
+    servers: tuple[ServerPlan, ...]  # in start order
+
+    def table(self) -> list[str]:
+        """What ``supervisor check`` prints: one row per server in start order."""
+        s = self.supervisor
+        head = ("#", "server", "address", "restart", "on_error", "backoff", "drain", "after", "handler")
+        rows = [
+            (
+                str(p.rank + 1),
+                p.name,
+                f"{p.host}:{p.port}",
+                p.restart,
+                p.on_handler_error,
+                f"{p.backoff.initial:g}s x{p.backoff.factor:g} <= {p.backoff.max:g}s",
+                f"{p.shutdown_timeout:g}s",
+                ",".join(p.after) or "-",
+                p.handler_path,
+            )
+            for p in self.servers
+        ]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines = [fmt.format(*head).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+        lines.append(
+            f"strategy {s.strategy}, at most {s.max_restarts} restarts in {s.restart_window:g}s, "
+            f"shutdown within {s.shutdown_timeout:g}s, loop {s.loop}"
+        )
+        m, c = self.metrics, self.console
+        lines.append(f"metrics {'http://%s:%d/metrics' % (m.host, m.port) if m.enabled else 'off'}")
+        lines.append(f"console {'telnet %s %d' % (c.host, c.port) if c.enabled else 'off'}")
+        return lines
+
+
+def make_plan(config: Config) -> Plan:
+    """Raises ConfigError with every problem (file:line: key: what is expected)."""
+    problems: list[str] = []
+    _check_names(config.servers, problems)
+    _check_binds(config, problems)
+    order = _start_order(config.servers, problems)
+    config_dir = str(config.path.resolve().parent)
+    if config_dir not in sys.path:
+        # handlers next to the config import like the user's own modules would
+        sys.path.append(config_dir)
+    resolved = {s.name: _resolve(s, problems) for s in config.servers}
+    if problems:
+        raise ConfigError(problems)
+    servers = tuple(_server_plan(spec, rank, *resolved[spec.name]) for rank, spec in enumerate(order))  # type: ignore[misc]
+    return Plan(str(config.path), config.supervisor, config.metrics, config.console, servers)
+
+
+def _server_plan(spec: ServerSpec, rank: int, target: object, direct: bool) -> ServerPlan:
+    return ServerPlan(
+        name=spec.name,
+        target=target,
+        direct=direct,
+        handler_path=spec.handler,
+        host=spec.host,
+        port=spec.port,
+        backlog=spec.backlog,
+        restart=spec.restart,
+        on_handler_error=spec.on_handler_error,
+        backoff=spec.backoff,
+        shutdown_timeout=spec.shutdown_timeout,
+        after=spec.after,
+        options=spec.options,
+        rank=rank,
+    )
+
+
+def _check_names(servers: tuple[ServerSpec, ...], problems: list[str]) -> None:
+    seen: dict[str, ServerSpec] = {}
+    for s in servers:
+        if s.name in seen:
+            first = seen[s.name].where("name")
+            problems.append(f"{s.where('name')}: duplicate server name '{s.name}' (first at line {first.line})")
+        else:
+            seen[s.name] = s
+
+
+def _check_binds(config: Config, problems: list[str]) -> None:
+    taken: list[tuple[str, int, str]] = []  # host, port, who
+
+    def claim(host: str, port: int, who: str, where: str) -> None:
+        if port == 0:
+            return
+        for h, p, other in taken:
+            if p == port and (h == host or h in _WILDCARDS or host in _WILDCARDS):
+                problems.append(f"{where}: {host}:{port} is already used by {other}; pick another port")
+                return
+        taken.append((host, port, who))
+
+    m, c = config.metrics, config.console
+    if m.enabled:
+        claim(m.host, m.port, "metrics", f"{config.path}: metrics.port")
+    if c.enabled:
+        claim(c.host, c.port, "the console", f"{config.path}: console.port")
+        claim(c.host, c.port + 1, "the console's web UI (console.port + 1)", f"{config.path}: console.port")
+    for s in config.servers:
+        claim(s.host, s.port, f"server '{s.name}'", str(s.where("port")))
+
+
+def _start_order(servers: tuple[ServerSpec, ...], problems: list[str]) -> list[ServerSpec]:
+    """Dependencies first, otherwise file order. Reports unknown names and cycles."""
+    by_name = {s.name: s for s in servers}
+    for s in servers:
+        for dep in s.after:
+            if dep == s.name:
+                problems.append(f"{s.where('after')}: server '{s.name}' cannot wait for itself")
+            elif dep not in by_name:
+                close = difflib.get_close_matches(dep, list(by_name), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known servers: {', '.join(by_name)}"
+                problems.append(f"{s.where('after')}: unknown server '{dep}'; {hint}")
+    order: list[ServerSpec] = []
+    done: set[str] = set()
+    pending = [s for s in servers]
+    while pending:
+        ready = next((s for s in pending if all(d in done or d not in by_name or d == s.name for d in s.after)), None)
+        if ready is None:
+            cycle = _find_cycle(pending, by_name)
+            first = by_name[cycle[0]]
+            problems.append(f"{first.where('after')}: dependency cycle {' -> '.join(cycle)}; remove one 'after' entry")
+            return order + pending
+        order.append(ready)
+        done.add(ready.name)
+        pending.remove(ready)
+    return order
+
+
+def _find_cycle(pending: list[ServerSpec], by_name: dict[str, ServerSpec]) -> list[str]:
+    names = {s.name for s in pending}
+    path: list[str] = [pending[0].name]
+    while True:
+        nxt = next(d for d in by_name[path[-1]].after if d in names and d != path[-1])
+        if nxt in path:
+            return [*path[path.index(nxt) :], nxt]
+        path.append(nxt)
+
+
+def _resolve(spec: ServerSpec, problems: list[str]) -> tuple[object, bool] | None:
+    where = spec.where("handler")
+    module_name, _, attr = spec.handler.partition(":")
+    try:
+        target = resolve(spec.handler)
+    except ModuleNotFoundError as exc:
+        problems.append(
+            f"{where}: cannot import module '{module_name}' ({exc}); "
+            "check the name, and that it is on PYTHONPATH or next to the config file"
+        )
+        return None
+    except AttributeError:
+        problems.append(f"{where}: module '{module_name}' has no attribute '{attr}'{_attr_hint(module_name, attr)}")
+        return None
+    except Exception as exc:  # the user's module raised while importing
+        problems.append(f"{where}: importing '{module_name}' raised {type(exc).__name__}: {exc}")
+        return None
+    if not callable(target):
+        problems.append(
+            f"{where}: '{spec.handler}' is a {type(target).__name__}, not callable; "
+            "name an async def handle(reader, writer) or a factory taking options"
+        )
+        return None
+    direct = is_direct_handler(target)
+    if direct and spec.options:
+        problems.append(
+            f"{spec.where('options')}: '{spec.handler}' is a plain handler and takes no options; "
+            "remove 'options' or point 'handler' at a factory"
+        )
+    return target, direct
+
+
+def _attr_hint(module_name: str, attr: str) -> str:
+    module = sys.modules.get(module_name)
+    if module is None:
+        return ""
+    close = difflib.get_close_matches(attr.split(".")[0], [n for n in dir(module) if not n.startswith("_")], n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""

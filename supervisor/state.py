@@ -1,0 +1,68 @@
+"""What the running tree publishes for read-only views (metrics, console, ctl, /readyz).
+
+The supervisor's loop is the only writer. Views on other threads (the aiomonitor console) read
+``TreeSnapshot`` objects, which are immutable, so no lock is needed beyond the reference swap.
+``ServerStats`` are plain counters bumped on the per-connection path: no locks, no allocations.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+class ChildState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+# Connection durations span sub-millisecond probes to hours-long chat sessions.
+DURATION_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0)
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counters for one configured server, across all its generations."""
+
+    active: int = 0
+    total: int = 0
+    handler_errors: int = 0
+    restarts: Counter[str] = field(default_factory=Counter)  # reason -> count
+    duration_counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    duration_sum: float = 0.0
+    last_drain_seconds: float = 0.0
+    drain_cancelled: int = 0  # connections cancelled because a drain ran out of time
+
+    def observe_duration(self, seconds: float) -> None:
+        self.duration_counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ChildStatus:
+    name: str
+    state: ChildState
+    address: str  # "host:port" once bound, else ""
+    restart: str
+    since: float  # loop time of the last state change
+    started_at: float | None  # loop time the current generation became ready
+    generation: int
+    restarts: int
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSnapshot:
+    children: tuple[ChildStatus, ...] = ()
+    ready: bool = False
+    shutting_down: bool = False
+    now: float = 0.0
+
+    def child(self, name: str) -> ChildStatus | None:
+        return next((c for c in self.children if c.name == name), None)

@@ -1,0 +1,432 @@
+"""The running tree: one coordinator that starts, restarts and stops server generations.
+
+``Supervisor.serve()`` has three phases: startup (servers in dependency order, each waiting for the
+ones it comes ``after``), wait (react to generations that end, backoff timers and control requests),
+and shutdown (stop accepting everywhere, then drain one server at a time in reverse start order).
+
+Every generation runs as a task of one ``asyncio.TaskGroup``, but the TaskGroup is not the supervisor:
+a generation never lets an exception escape; it reports how it ended through ``on_end``, and this
+coordinator, the only writer of the tree's state, decides what happens next. The TaskGroup cancelling
+everything is only the last resort if our own code is broken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from supervisor.errors import GaveUp, StopServer
+from supervisor.plan import Plan, ServerPlan
+from supervisor.restart import Backoff, Intensity, should_restart
+from supervisor.runner import Generation, Reason
+from supervisor.state import ChildState, ChildStatus, ServerStats, TreeSnapshot
+
+LOGGER = logging.getLogger("supervisor")
+
+Command = Literal["restart", "stop", "start", "shutdown"]
+COMMANDS: tuple[Command, ...] = ("restart", "stop", "start", "shutdown")
+# How long a control command waits for the server to be running (or stopped) again.
+CONTROL_TIMEOUT = 10.0
+
+
+@dataclass(eq=False, slots=True)
+class Child:
+    """The supervisor's record of one configured server; outlives its generations."""
+
+    plan: ServerPlan
+    backoff: Backoff
+    stats: ServerStats = field(default_factory=ServerStats)
+    state: ChildState = ChildState.STOPPED
+    wanted: bool = True
+    lsock: socket.socket | None = None  # the kept listening socket, bound once
+    gen: Generation | None = None  # the generation accepting now
+    old: set[Generation] = field(default_factory=set)  # generations still draining
+    generation: int = 0
+    not_before: float = 0.0  # loop time before which a restart must not start
+    since: float = 0.0
+    started_at: float | None = None
+    address: str = ""
+    restarts: int = 0
+    last_error: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+
+class Supervisor:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        clock: Callable[[], float] | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.plan = plan
+        self.children = [Child(p, Backoff(p.backoff, rand)) for p in plan.servers]
+        self._by_name = {c.name: c for c in self.children}
+        self._clock = clock
+        self._snapshot = TreeSnapshot(tuple(self._status(c) for c in self.children))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: asyncio.Queue[tuple[str, object]] | None = None
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._shutting_down = False
+        self._gave_up: str | None = None
+        self.stop_reason = ""
+        self.ready: asyncio.Future[list[tuple[str, int]]] | None = None
+
+    # -- public, on the loop ------------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    def request_stop(self, reason: str) -> None:
+        """Begin the ordered shutdown; a second request skips the waiting (force)."""
+        if self._stop.is_set():
+            if not self._force.is_set():
+                LOGGER.warning("second stop request (%s): skipping the drain wait", reason)
+                self._force.set()
+            return
+        self.stop_reason = reason
+        self._stop.set()
+        self._post("stop", None)
+
+    def snapshot(self) -> TreeSnapshot:
+        """Thread-safe: the last published immutable snapshot."""
+        return self._snapshot
+
+    async def control(self, command: str, name: str | None = None) -> str:
+        """Run a console/ctl command. Returns a one-line result; raises ValueError for a bad request."""
+        if command not in COMMANDS:
+            raise ValueError(f"unknown command '{command}'; expected one of: {', '.join(COMMANDS)}")
+        if command == "shutdown":
+            self.request_stop("control: shutdown")
+            return "shutting down"
+        child = self._by_name.get(name or "")
+        if child is None:
+            raise ValueError(f"no server named '{name}'; servers: {', '.join(self._by_name)}")
+        if self._shutting_down:
+            raise ValueError("the supervisor is shutting down")
+        before = child.generation
+        self._post("control", (command, child))
+        if command == "stop":
+            await self._wait_until(lambda: child.state in (ChildState.STOPPED, ChildState.FAILED))
+            return f"stopped {name}"
+        await self._wait_until(
+            lambda: (child.state is ChildState.RUNNING and child.generation > before)
+            or child.state in (ChildState.FAILED, ChildState.BACKOFF)
+        )
+        if child.state is ChildState.RUNNING:
+            return f"{command}ed {name} ({child.address})" if command == "start" else f"restarted {name} ({child.address})"
+        return f"{name} did not come up: {child.state.value}: {child.last_error}"
+
+    def submit(self, command: str, name: str | None = None) -> concurrent.futures.Future[str]:
+        """Thread-safe entry for the console thread: run :meth:`control` on the supervisor's loop."""
+        assert self._loop is not None, "the supervisor is not running"
+        return asyncio.run_coroutine_threadsafe(self.control(command, name), self._loop)
+
+    # -- serve: startup -> wait -> shutdown ----------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run until stopped. Raises GaveUp after an ordered shutdown if restarts exceeded the limit."""
+        self._loop = asyncio.get_running_loop()
+        self._events = asyncio.Queue()
+        self.ready = self._loop.create_future()
+        sup = self.plan.supervisor
+        self._intensity = Intensity(sup.max_restarts, sup.restart_window, self.now)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                try:
+                    await self._run()
+                finally:
+                    await self._shutdown()
+        finally:
+            for child in self.children:
+                self._release(child)
+            if not self.ready.done():
+                self.ready.cancel()
+        if self._gave_up:
+            raise GaveUp(self._gave_up)
+
+    async def _run(self) -> None:
+        assert self._events is not None and self.ready is not None
+        while not self._stop.is_set():
+            await self._reconcile()
+            if not self.ready.done() and self._all_up():
+                addresses = [c.lsock.getsockname()[:2] for c in self.children if c.lsock and c.wanted]
+                LOGGER.info("supervisor ready: %d server(s) serving", len(addresses))
+                self.ready.set_result(addresses)
+                self._publish()
+            kind, payload = await self._events.get()
+            self._handle(kind, payload)
+
+    def _all_up(self) -> bool:
+        return all(c.state is ChildState.RUNNING for c in self.children if c.wanted)
+
+    async def _reconcile(self) -> None:
+        """Start, in start order, every wanted server that is down, due, and whose dependencies run."""
+        for child in self.children:
+            if self._stop.is_set():
+                return
+            if not child.wanted or child.gen is not None or self.now() < child.not_before:
+                continue
+            if all(self._by_name[d].state is ChildState.RUNNING for d in child.plan.after):
+                await self._start(child)
+
+    async def _start(self, child: Child) -> None:
+        assert self._tg is not None
+        self._set_state(child, ChildState.STARTING)
+        if child.lsock is None:
+            try:
+                child.lsock = _bind(child.plan)
+            except OSError as exc:
+                self._post("ended", (child, None, exc))
+                child.gen = _PENDING  # keeps reconcile from retrying before the failure is handled
+                return
+        child.generation += 1
+        gen = Generation(child.plan, child.generation, child.lsock, child.stats, self._force, self._on_end)
+        child.gen = gen
+        gen.task = self._tg.create_task(gen.run(), name=f"server:{child.name}")
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((gen.ready, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if gen.ready.done() and not gen.ready.cancelled() and gen.ready.exception() is None and child.gen is gen:
+            host, port = gen.ready.result()
+            child.address = f"{host}:{port}"
+            child.started_at = self.now()
+            self._set_state(child, ChildState.RUNNING)
+            LOGGER.info("server %s listening on %s (generation %d)", child.name, child.address, gen.number)
+
+    # -- events ---------------------------------------------------------------------------------------------------
+
+    def _post(self, kind: str, payload: object) -> None:
+        if self._events is not None:
+            self._events.put_nowait((kind, payload))
+
+    def _on_end(self, gen: Generation, reason: Reason) -> None:
+        self._post("ended", (self._by_name[gen.plan.name], gen, reason))
+
+    def _handle(self, kind: str, payload: object) -> None:
+        if kind == "ended":
+            child, gen, reason = payload  # type: ignore[misc]
+            self._ended(child, gen, reason)
+        elif kind == "control":
+            command, child = payload  # type: ignore[misc]
+            self._control(command, child)
+        # "stop" and "tick" only wake the loop: _run checks the stop flag and reconciles
+
+    def _ended(self, child: Child, gen: Generation | None, reason: Reason) -> None:
+        if gen is not None:
+            child.old.add(gen)
+            assert gen.task is not None
+            gen.task.add_done_callback(lambda _t, g=gen: child.old.discard(g))  # type: ignore[misc]
+            if not self._shutting_down:
+                # a restart never waits for the old connections: they drain beside the new generation
+                gen.start_drain(child.plan.shutdown_timeout)
+        if self._shutting_down or child.gen is not (gen or _PENDING):
+            return  # stopped on purpose (shutdown, group restart, console): already handled
+        child.gen = None
+        child.started_at, uptime = None, (self.now() - child.started_at if child.started_at else 0.0)
+        failed = not isinstance(reason, StopServer)
+        if failed:
+            child.last_error = _describe(reason)
+            LOGGER.error("server %s failed: %s", child.name, child.last_error, exc_info=_exc_info(reason))
+        else:
+            LOGGER.info("server %s stopped itself", child.name)
+        if not should_restart(child.plan.restart, failed):
+            child.wanted = False
+            self._release(child)
+            self._set_state(child, ChildState.FAILED if failed else ChildState.STOPPED)
+            LOGGER.warning("server %s (%s) will not be restarted", child.name, child.plan.restart)
+            return
+        if not self._intensity.record():
+            sup = self.plan.supervisor
+            self._gave_up = (
+                f"giving up: more than {sup.max_restarts} restarts within {sup.restart_window:g}s "
+                f"(last: server {child.name}: {child.last_error})"
+            )
+            LOGGER.critical("%s", self._gave_up)
+            self._set_state(child, ChildState.FAILED)
+            self.request_stop("gave up")
+            return
+        delay = child.backoff.next_delay(uptime)
+        siblings = self._affected(child)
+        for sib in reversed(siblings):  # reverse start order, like a shutdown
+            if sib.gen is not None:
+                self._stop_generation(sib)
+            sib.stats.restarts["strategy"] += 1
+            sib.restarts += 1
+        child.stats.restarts["failure" if failed else "exit"] += 1
+        child.restarts += 1
+        due = self.now() + delay
+        for c in (child, *siblings):
+            c.not_before = due
+            self._set_state(c, ChildState.BACKOFF)
+        also = f" with {', '.join(s.name for s in siblings)}" if siblings else ""
+        LOGGER.warning("server %s restarting in %.3fs%s (%d recent restarts)", child.name, delay, also, self._intensity.recent)
+        if delay > 0:
+            assert self._loop is not None
+            self._loop.call_later(delay, self._post, "tick", None)
+
+    def _affected(self, child: Child) -> list[Child]:
+        """Siblings restarted with ``child`` under the strategy, in start order."""
+        strategy = self.plan.supervisor.strategy
+        if strategy == "one_for_all":
+            return [c for c in self.children if c is not child and c.wanted]
+        if strategy == "rest_for_one":
+            return [c for c in self.children if c.plan.rank > child.plan.rank and c.wanted]
+        return []
+
+    def _control(self, command: str, child: Child) -> None:
+        if self._shutting_down:
+            return
+        if command == "stop":
+            child.wanted = False
+            if child.gen is not None:
+                self._stop_generation(child)
+            self._release(child)
+            self._set_state(child, ChildState.STOPPED)
+            LOGGER.info("server %s stopped by control request", child.name)
+            return
+        if command == "restart":
+            if child.gen is not None:
+                self._stop_generation(child)
+            child.stats.restarts["manual"] += 1
+            child.restarts += 1
+        child.wanted = True
+        child.not_before = 0.0
+        if child.state is ChildState.FAILED:
+            child.backoff.failures = 0
+        self._set_state(child, ChildState.STARTING if child.gen is None else child.state)
+        LOGGER.info("server %s %s by control request", child.name, "restarting" if command == "restart" else "starting")
+
+    def _stop_generation(self, child: Child) -> None:
+        gen, child.gen = child.gen, None
+        if gen is not None and gen is not _PENDING:
+            gen.stop(None)
+
+    # -- shutdown -------------------------------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        self._shutting_down = True
+        sup = self.plan.supervisor
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + sup.shutdown_timeout
+        LOGGER.info("shutting down (%s): stop accepting on every server", self.stop_reason or "exit")
+        gens: dict[Child, list[Generation]] = {}
+        for child in reversed(self.children):
+            current = [child.gen] if child.gen is not None and child.gen is not _PENDING else []
+            child.gen = None
+            for gen in current:
+                gen.stop(None)
+            self._release(child)  # new clients are refused now, not left in a backlog nobody reads
+            gens[child] = current + list(child.old)
+            if gens[child]:
+                self._set_state(child, ChildState.STOPPING)
+        for child in reversed(self.children):  # drain one server at a time, dependents first
+            tasks = [g.task for g in gens[child] if g.task is not None and not g.task.done()]
+            budget = max(0.0, min(child.plan.shutdown_timeout, deadline - loop.time()))
+            for gen in gens[child]:
+                gen.start_drain(budget)
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()) + 0.5)
+                if pending:
+                    LOGGER.error(
+                        "server %s: still stopping at the shutdown_timeout (%gs), cancelling it",
+                        child.name, sup.shutdown_timeout,
+                    )  # fmt: skip
+                    for t in pending:
+                        t.cancel()
+                    await asyncio.wait(pending, timeout=1.0)
+            if child.state is not ChildState.FAILED:
+                self._set_state(child, ChildState.STOPPED)
+        LOGGER.info("shutdown complete in %.3fs", loop.time() - started)
+
+    # -- state ----------------------------------------------------------------------------------------------------
+
+    def _release(self, child: Child) -> None:
+        if child.lsock is not None:
+            child.lsock.close()
+            child.lsock = None
+
+    def _set_state(self, child: Child, state: ChildState) -> None:
+        if child.state is not state:
+            child.state = state
+            child.since = self.now() if self._loop else 0.0
+        self._publish()
+
+    def _publish(self) -> None:
+        ready = bool(self.ready and self.ready.done() and not self.ready.cancelled())
+        self._snapshot = TreeSnapshot(
+            children=tuple(self._status(c) for c in self.children),
+            ready=ready and not self._shutting_down and self._all_up(),
+            shutting_down=self._shutting_down,
+            now=self.now() if self._loop else 0.0,
+        )
+        self._changed.set()
+
+    @staticmethod
+    def _status(c: Child) -> ChildStatus:
+        return ChildStatus(
+            name=c.name,
+            state=c.state,
+            address=c.address or f"{c.plan.host}:{c.plan.port}",
+            restart=c.plan.restart,
+            since=c.since,
+            started_at=c.started_at,
+            generation=c.generation,
+            restarts=c.restarts,
+            last_error=c.last_error,
+        )
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(CONTROL_TIMEOUT):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class _Pending:
+    """Stands in for a generation whose socket could not be bound, until its failure is handled."""
+
+    def stop(self, reason: Reason = None) -> None:
+        pass
+
+
+_PENDING: Generation = _Pending()  # type: ignore[assignment]
+
+
+def _bind(plan: ServerPlan) -> socket.socket:
+    """Bind the listening socket the supervisor keeps across restarts of this server."""
+    infos = socket.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family = infos[0][0]
+    sock = socket.create_server((plan.host, plan.port), family=family, backlog=plan.backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def _describe(reason: Reason) -> str:
+    if reason is None:
+        return "stopped unexpectedly"
+    text = str(reason)
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
+def _exc_info(reason: Reason) -> BaseException | None:
+    # bind errors and the like are clear from one line; a traceback helps only for code that raised
+    if reason is None or isinstance(reason, OSError):
+        return None
+    return reason
