@@ -6,6 +6,7 @@ Handlers are only checked for shape here (``module:attr``); importing them is th
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable, Mapping
@@ -189,11 +190,11 @@ class _Reader:
 
     def scalar(self, node: Node) -> object:
         if isinstance(node, ScalarNode):
-            return self._constructor.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+            return self._constructor.construct_object(node, deep=True)
         return node  # a mapping or list where a scalar belongs: the checkers below reject it
 
     def data(self, node: Node) -> object:
-        return self._constructor.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+        return self._constructor.construct_object(node, deep=True)
 
     def field(self, fields: dict[str, Node], key: str, path: str, check: Callable[[object], T], default: T) -> T:
         node = fields.get(key)
@@ -334,7 +335,7 @@ class _Reader:
 
 
 def _keys(cls: type) -> tuple[str, ...]:
-    return tuple(k for k in cls.__dataclass_fields__ if k != "locations")
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name != "locations")
 
 
 def _show(value: object) -> str:

@@ -19,7 +19,7 @@ class ConfigError(SupervisorError):
         self.problems = problems
 
 
-class GaveUp(SupervisorError):
+class GaveUp(SupervisorError):  # noqa: N818 - "gave up" is the event operators grep for
     """Restart intensity exceeded: the supervisor shut down in order and exits 1."""
 
 

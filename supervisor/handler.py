@@ -67,7 +67,7 @@ def is_direct_handler(obj: object) -> bool:
     if not inspect.iscoroutinefunction(obj):
         return False
     try:
-        params = inspect.signature(obj).parameters.values()  # type: ignore[arg-type]
+        params = inspect.signature(obj).parameters.values()
     except (TypeError, ValueError):
         return True
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

@@ -67,8 +67,8 @@ class Plan:
             f"shutdown within {s.shutdown_timeout:g}s, loop {s.loop}"
         )
         m, c = self.metrics, self.console
-        lines.append(f"metrics {'http://%s:%d/metrics' % (m.host, m.port) if m.enabled else 'off'}")
-        lines.append(f"console {'telnet %s %d' % (c.host, c.port) if c.enabled else 'off'}")
+        lines.append(f"metrics {f'http://{m.host}:{m.port}/metrics' if m.enabled else 'off'}")
+        lines.append(f"console {f'telnet {c.host} {c.port}' if c.enabled else 'off'}")
         return lines
 
 
@@ -191,7 +191,7 @@ def _resolve(spec: ServerSpec, problems: list[str]) -> tuple[object, bool] | Non
     except AttributeError:
         problems.append(f"{where}: module '{module_name}' has no attribute '{attr}'{_attr_hint(module_name, attr)}")
         return None
-    except Exception as exc:  # the user's module raised while importing
+    except Exception as exc:  # noqa: BLE001 - the user's module raised while importing: report, don't crash
         problems.append(f"{where}: importing '{module_name}' raised {type(exc).__name__}: {exc}")
         return None
     if not callable(target):

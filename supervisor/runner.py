@@ -132,7 +132,7 @@ class Generation:
                 self.ready.cancel()
             self._end(None)
             raise
-        except BaseException as exc:  # noqa: BLE001 - every failure is reported to the supervisor
+        except BaseException as exc:
             if not self.ready.done():
                 self.ready.set_exception(exc)
                 self.ready.exception()  # the supervisor reads it via on_end; don't warn "never retrieved"
@@ -163,11 +163,12 @@ class Generation:
     def _make_protocol(self) -> asyncio.StreamReaderProtocol:
         loop = asyncio.get_running_loop()
         reader = _Reader(2**16, loop, self.ctx.draining)
-        return asyncio.StreamReaderProtocol(reader, self._serve_connection, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, self._serve_connection, loop=loop)  # type: ignore[arg-type]
 
     async def _serve_connection(self, reader: _Reader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        assert task is not None and self._handler is not None
+        assert task is not None
+        assert self._handler is not None
         conns = self._conns
         conns[task] = (reader, writer)
         self._idle.clear()

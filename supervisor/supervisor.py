@@ -60,6 +60,22 @@ class Child:
         return self.plan.name
 
 
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    child: Child
+    gen: Generation | None  # None: the socket could not even be bound
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Control:
+    command: str
+    child: Child
+
+
+_Event = _Ended | _Control | None  # None only wakes the loop (stop request, backoff timer)
+
+
 class Supervisor:
     def __init__(
         self,
@@ -74,7 +90,7 @@ class Supervisor:
         self._clock = clock
         self._snapshot = TreeSnapshot(tuple(self._status(c) for c in self.children))
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._events: asyncio.Queue[tuple[str, object]] | None = None
+        self._events: asyncio.Queue[_Event] | None = None
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._changed = asyncio.Event()
@@ -98,7 +114,7 @@ class Supervisor:
             return
         self.stop_reason = reason
         self._stop.set()
-        self._post("stop", None)
+        self._post(None)
 
     def snapshot(self) -> TreeSnapshot:
         """Thread-safe: the last published immutable snapshot."""
@@ -117,16 +133,18 @@ class Supervisor:
         if self._shutting_down:
             raise ValueError("the supervisor is shutting down")
         before = child.generation
-        self._post("control", (command, child))
+        self._post(_Control(command, child))
         if command == "stop":
             await self._wait_until(lambda: child.state in (ChildState.STOPPED, ChildState.FAILED))
             return f"stopped {name}"
         await self._wait_until(
-            lambda: (child.state is ChildState.RUNNING and child.generation > before)
-            or child.state in (ChildState.FAILED, ChildState.BACKOFF)
+            lambda: (
+                (child.state is ChildState.RUNNING and child.generation > before)
+                or child.state in (ChildState.FAILED, ChildState.BACKOFF)
+            )
         )
         if child.state is ChildState.RUNNING:
-            return f"{command}ed {name} ({child.address})" if command == "start" else f"restarted {name} ({child.address})"
+            return f"{'started' if command == 'start' else 'restarted'} {name} ({child.address})"
         return f"{name} did not come up: {child.state.value}: {child.last_error}"
 
     def submit(self, command: str, name: str | None = None) -> concurrent.futures.Future[str]:
@@ -159,7 +177,8 @@ class Supervisor:
             raise GaveUp(self._gave_up)
 
     async def _run(self) -> None:
-        assert self._events is not None and self.ready is not None
+        assert self._events is not None
+        assert self.ready is not None
         while not self._stop.is_set():
             await self._reconcile()
             if not self.ready.done() and self._all_up():
@@ -167,8 +186,11 @@ class Supervisor:
                 LOGGER.info("supervisor ready: %d server(s) serving", len(addresses))
                 self.ready.set_result(addresses)
                 self._publish()
-            kind, payload = await self._events.get()
-            self._handle(kind, payload)
+            event = await self._events.get()
+            if isinstance(event, _Ended):
+                self._ended(event.child, event.gen, event.reason)
+            elif isinstance(event, _Control):
+                self._control(event.command, event.child)
 
     def _all_up(self) -> bool:
         return all(c.state is ChildState.RUNNING for c in self.children if c.wanted)
@@ -190,7 +212,7 @@ class Supervisor:
             try:
                 child.lsock = _bind(child.plan)
             except OSError as exc:
-                self._post("ended", (child, None, exc))
+                self._post(_Ended(child, None, exc))
                 child.gen = _PENDING  # keeps reconcile from retrying before the failure is handled
                 return
         child.generation += 1
@@ -211,21 +233,12 @@ class Supervisor:
 
     # -- events ---------------------------------------------------------------------------------------------------
 
-    def _post(self, kind: str, payload: object) -> None:
+    def _post(self, event: _Event) -> None:
         if self._events is not None:
-            self._events.put_nowait((kind, payload))
+            self._events.put_nowait(event)
 
     def _on_end(self, gen: Generation, reason: Reason) -> None:
-        self._post("ended", (self._by_name[gen.plan.name], gen, reason))
-
-    def _handle(self, kind: str, payload: object) -> None:
-        if kind == "ended":
-            child, gen, reason = payload  # type: ignore[misc]
-            self._ended(child, gen, reason)
-        elif kind == "control":
-            command, child = payload  # type: ignore[misc]
-            self._control(command, child)
-        # "stop" and "tick" only wake the loop: _run checks the stop flag and reconciles
+        self._post(_Ended(self._by_name[gen.plan.name], gen, reason))
 
     def _ended(self, child: Child, gen: Generation | None, reason: Reason) -> None:
         if gen is not None:
@@ -275,10 +288,12 @@ class Supervisor:
             c.not_before = due
             self._set_state(c, ChildState.BACKOFF)
         also = f" with {', '.join(s.name for s in siblings)}" if siblings else ""
-        LOGGER.warning("server %s restarting in %.3fs%s (%d recent restarts)", child.name, delay, also, self._intensity.recent)
+        LOGGER.warning(
+            "server %s restarting in %.3fs%s (%d recent restarts)", child.name, delay, also, self._intensity.recent
+        )
         if delay > 0:
             assert self._loop is not None
-            self._loop.call_later(delay, self._post, "tick", None)
+            self._loop.call_later(delay, self._post, None)
 
     def _affected(self, child: Child) -> list[Child]:
         """Siblings restarted with ``child`` under the strategy, in start order."""
