@@ -93,12 +93,15 @@ class Supervisor:
         self._events: asyncio.Queue[_Event] | None = None
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self._changed = asyncio.Event()
+        # replaced by a fresh future on every publish, so no waiter can miss a change
+        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tg: asyncio.TaskGroup | None = None
         self._shutting_down = False
         self._gave_up: str | None = None
         self.stop_reason = ""
-        self.ready: asyncio.Future[list[tuple[str, int]]] | None = None
+        # The readiness handshake: resolves with every bound (host, port) once all servers serve.
+        # Created here, so construct the Supervisor inside the loop that will run it.
+        self.ready: asyncio.Future[list[tuple[str, int]]] = asyncio.get_running_loop().create_future()
 
     # -- public, on the loop ------------------------------------------------------------------------------------
 
@@ -158,7 +161,6 @@ class Supervisor:
         """Run until stopped. Raises GaveUp after an ordered shutdown if restarts exceeded the limit."""
         self._loop = asyncio.get_running_loop()
         self._events = asyncio.Queue()
-        self.ready = self._loop.create_future()
         sup = self.plan.supervisor
         self._intensity = Intensity(sup.max_restarts, sup.restart_window, self.now)
         try:
@@ -178,7 +180,6 @@ class Supervisor:
 
     async def _run(self) -> None:
         assert self._events is not None
-        assert self.ready is not None
         while not self._stop.is_set():
             await self._reconcile()
             if not self.ready.done() and self._all_up():
@@ -349,7 +350,7 @@ class Supervisor:
                 gen.stop(None)
             self._release(child)  # new clients are refused now, not left in a backlog nobody reads
             gens[child] = current + list(child.old)
-            if gens[child]:
+            if gens[child] and child.state is not ChildState.FAILED:
                 self._set_state(child, ChildState.STOPPING)
         for child in reversed(self.children):  # drain one server at a time, dependents first
             tasks = [g.task for g in gens[child] if g.task is not None and not g.task.done()]
@@ -384,14 +385,15 @@ class Supervisor:
         self._publish()
 
     def _publish(self) -> None:
-        ready = bool(self.ready and self.ready.done() and not self.ready.cancelled())
+        ready = self.ready.done() and not self.ready.cancelled()
         self._snapshot = TreeSnapshot(
             children=tuple(self._status(c) for c in self.children),
             ready=ready and not self._shutting_down and self._all_up(),
             shutting_down=self._shutting_down,
             now=self.now() if self._loop else 0.0,
         )
-        self._changed.set()
+        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        changed.set_result(None)
 
     @staticmethod
     def _status(c: Child) -> ChildStatus:
@@ -407,11 +409,15 @@ class Supervisor:
             last_error=c.last_error,
         )
 
+    async def changed(self) -> TreeSnapshot:
+        """Wait for the next state change and return the new snapshot (for views and tests)."""
+        await asyncio.shield(self._changed)
+        return self._snapshot
+
     async def _wait_until(self, condition: Callable[[], bool]) -> None:
         async with asyncio.timeout(CONTROL_TIMEOUT):
             while not condition():
-                self._changed.clear()
-                await self._changed.wait()
+                await self.changed()
 
 
 class _Pending:
@@ -436,6 +442,9 @@ def _bind(plan: ServerPlan) -> socket.socket:
 def _describe(reason: Reason) -> str:
     if reason is None:
         return "stopped unexpectedly"
+    if isinstance(reason, BaseExceptionGroup):
+        # a TaskGroup in a lifespan wraps the real error: name the errors, not the group
+        return "; ".join(_describe(e) for e in reason.exceptions)
     text = str(reason)
     return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
 

@@ -1,0 +1,66 @@
+"""Handlers the tests configure by ``tests.apps:NAME``: each behaves in one known way on a known input."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from supervisor import StopServer, current_server
+from supervisor.handler import Handler
+
+# Events the tests can read: (server name, what happened) in order.
+JOURNAL: list[tuple[str, str]] = []
+
+
+async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Line protocol: ``crash`` raises, ``stop`` raises StopServer, ``sleep N`` answers after N s, else echo."""
+    try:
+        while line := await reader.readline():
+            cmd, _, arg = line.strip().partition(b" ")
+            if cmd == b"crash":
+                raise RuntimeError("crash requested")
+            if cmd == b"stop":
+                raise StopServer
+            if cmd == b"sleep":
+                await asyncio.sleep(float(arg))
+                writer.write(b"slept\n")
+            elif cmd == b"who":
+                ctx = current_server()
+                writer.write(f"{ctx.name}#{ctx.generation}\n".encode())
+            else:
+                writer.write(line)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def journaled(options: Mapping[str, Any]) -> AsyncIterator[Handler]:
+    """A lifespan that records enter/exit per server, optionally failing on enter or in the background."""
+    name = current_server().name
+    JOURNAL.append((name, "enter"))
+    if options.get("fail_enter"):
+        raise RuntimeError("lifespan enter failed")
+    async with asyncio.TaskGroup() as tg:
+        if (delay := options.get("background_fails_after")) is not None:
+            tg.create_task(_fail_after(float(delay)))
+        try:
+            yield lines
+        finally:
+            JOURNAL.append((name, "exit"))
+
+
+async def _fail_after(delay: float) -> None:
+    await asyncio.sleep(delay)
+    raise RuntimeError("background task failed")
+
+
+async def stubborn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Ignores end-of-stream and keeps the connection until cancelled: only the drain budget ends it."""
+    writer.write(b"hi\n")
+    await writer.drain()
+    with contextlib.suppress(ConnectionError):
+        await reader.read()
+    await asyncio.sleep(3600)

@@ -1,0 +1,68 @@
+"""Helpers for in-process tests: build a plan from YAML text, run a Supervisor, talk to its servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from supervisor import Supervisor
+from supervisor.config import load_config
+from supervisor.plan import Plan, make_plan
+from supervisor.state import ChildState
+
+DEADLINE = 10.0
+
+
+def plan_from(tmp_path: Path, text: str) -> Plan:
+    path = tmp_path / "supervisor.yaml"
+    path.write_text(textwrap.dedent(text))
+    return make_plan(load_config(path))
+
+
+@contextlib.asynccontextmanager
+async def running(plan: Plan) -> AsyncIterator[Supervisor]:
+    """Serve ``plan`` until the block ends, then shut down in order and check it ended cleanly."""
+    sup = Supervisor(plan)
+    task = asyncio.create_task(sup.serve(), name="supervisor")
+    try:
+        async with asyncio.timeout(DEADLINE):
+            await asyncio.wait((sup.ready, task), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # raises what went wrong at startup
+        yield sup
+    finally:
+        sup.request_stop("test")
+        async with asyncio.timeout(DEADLINE + 30):
+            await asyncio.wait((task,))
+
+
+def port_of(sup: Supervisor, name: str) -> int:
+    child = sup.snapshot().child(name)
+    assert child is not None
+    return int(child.address.rsplit(":", 1)[1])
+
+
+async def ask(port: int, line: bytes, *, timeout: float = DEADLINE) -> bytes:
+    """Open a connection, send one line, return the first line of the answer (b'' at EOF)."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(line + b"\n")
+            await writer.drain()
+            return await reader.readline()
+        finally:
+            writer.close()
+
+
+async def wait_state(sup: Supervisor, name: str, state: ChildState, *, generation: int = 0) -> None:
+    """Wait until server ``name`` is in ``state`` (and at least at ``generation``), with a deadline."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            child = sup.snapshot().child(name)
+            assert child is not None
+            if child.state is state and child.generation >= generation:
+                return
+            await sup.changed()
