@@ -15,7 +15,8 @@ JOURNAL: list[tuple[str, str]] = []
 
 
 async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Line protocol: ``crash`` raises, ``stop`` raises StopServer, ``sleep N`` answers after N s, else echo."""
+    """Line protocol: ``crash`` raises, ``stop`` raises StopServer, ``sleep N`` answers after N s,
+    ``work N`` answers ``working`` then ``done`` after N s, ``who`` names the generation, else echo."""
     try:
         while line := await reader.readline():
             cmd, _, arg = line.strip().partition(b" ")
@@ -23,7 +24,12 @@ async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 raise RuntimeError("crash requested")
             if cmd == b"stop":
                 raise StopServer
-            if cmd == b"sleep":
+            if cmd == b"work":  # says it started, so a test knows the request is in flight
+                writer.write(b"working\n")
+                await writer.drain()
+                await asyncio.sleep(float(arg))
+                writer.write(b"done\n")
+            elif cmd == b"sleep":
                 await asyncio.sleep(float(arg))
                 writer.write(b"slept\n")
             elif cmd == b"who":

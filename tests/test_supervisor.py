@@ -199,7 +199,7 @@ async def test_lifespan_enter_failure_gives_up_after_max_restarts(tmp_path: Path
     async with asyncio.timeout(DEADLINE):
         with pytest.raises(GaveUp, match=r"more than 3 restarts within 60s \(last: server bad"):
             await sup.serve()
-    assert [("bad", "enter")] * 4 == apps.JOURNAL
+    assert apps.JOURNAL == [("bad", "enter")] * 4
     assert sup.snapshot().child("bad").state is ChildState.FAILED  # type: ignore[union-attr]
     assert sup.snapshot().child("ok").state is ChildState.STOPPED  # type: ignore[union-attr]
 
@@ -282,7 +282,11 @@ async def test_stop_request_during_backoff_exits_promptly(tmp_path: Path) -> Non
         metrics: {enabled: false}
         console: {enabled: false}
         servers:
-          - {name: s, handler: "tests.apps:lines", port: 0, on_handler_error: restart, backoff: {initial: 30s, max: 30s}}
+          - name: s
+            handler: "tests.apps:lines"
+            port: 0
+            on_handler_error: restart
+            backoff: {initial: 30s, max: 30s}
         """,
     )
     async with running(plan) as sup:
