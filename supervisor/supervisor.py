@@ -98,6 +98,7 @@ class Supervisor:
         self._tg: asyncio.TaskGroup | None = None
         self._shutting_down = False
         self._gave_up: str | None = None
+        self._wake_at: float | None = None  # the earliest pending backoff wake-up
         self.stop_reason = ""
         # The readiness handshake: resolves with every bound (host, port) once all servers serve.
         # Created here, so construct the Supervisor inside the loop that will run it.
@@ -201,10 +202,27 @@ class Supervisor:
         for child in self.children:
             if self._stop.is_set():
                 return
-            if not child.wanted or child.gen is not None or self.now() < child.not_before:
+            if not child.wanted or child.gen is not None:
+                continue
+            if (wait := child.not_before - self.now()) > 0:
+                # A timer may fire a hair early by loop.time() (uvloop rounds to milliseconds):
+                # always leave a wake-up behind for a server that is not due yet.
+                self._wake_in(wait)
                 continue
             if all(self._by_name[d].state is ChildState.RUNNING for d in child.plan.after):
                 await self._start(child)
+
+    def _wake_in(self, seconds: float) -> None:
+        assert self._loop is not None
+        due = self._loop.time() + max(seconds, 0.001)
+        if self._wake_at is None or due < self._wake_at:
+            self._wake_at = due
+            self._loop.call_at(due, self._woken, due)
+
+    def _woken(self, due: float) -> None:
+        if self._wake_at == due:
+            self._wake_at = None
+        self._post(None)
 
     async def _start(self, child: Child) -> None:
         assert self._tg is not None
@@ -292,9 +310,6 @@ class Supervisor:
         LOGGER.warning(
             "server %s restarting in %.3fs%s (%d recent restarts)", child.name, delay, also, self._intensity.recent
         )
-        if delay > 0:
-            assert self._loop is not None
-            self._loop.call_later(delay, self._post, None)
 
     def _affected(self, child: Child) -> list[Child]:
         """Siblings restarted with ``child`` under the strategy, in start order."""
