@@ -71,6 +71,7 @@ class _Ended:
 class _Control:
     command: str
     child: Child
+    handled: asyncio.Future[None]  # resolved once the coordinator acted on it
 
 
 _Event = _Ended | _Control | None  # None only wakes the loop (stop request, backoff timer)
@@ -136,15 +137,23 @@ class Supervisor:
             raise ValueError(f"no server named '{name}'; servers: {', '.join(self._by_name)}")
         if self._shutting_down:
             raise ValueError("the supervisor is shutting down")
+        if command == "start" and child.wanted and child.state is not ChildState.FAILED:
+            return f"{name} is already {child.state.value}"
         before = child.generation
-        self._post(_Control(command, child))
+        handled = asyncio.get_running_loop().create_future()
+        self._post(_Control(command, child, handled))
+        try:
+            async with asyncio.timeout(CONTROL_TIMEOUT):
+                await handled
+        except TimeoutError:
+            return f"{name}: no answer within {CONTROL_TIMEOUT:g}s (the supervisor may be shutting down)"
         if command == "stop":
             await self._wait_until(lambda: child.state in (ChildState.STOPPED, ChildState.FAILED))
             return f"stopped {name}"
         await self._wait_until(
             lambda: (
                 (child.state is ChildState.RUNNING and child.generation > before)
-                or child.state in (ChildState.FAILED, ChildState.BACKOFF)
+                or child.state in (ChildState.FAILED, ChildState.BACKOFF, ChildState.STOPPED)
             )
         )
         if child.state is ChildState.RUNNING:
@@ -193,6 +202,8 @@ class Supervisor:
                 self._ended(event.child, event.gen, event.reason)
             elif isinstance(event, _Control):
                 self._control(event.command, event.child)
+                if not event.handled.done():
+                    event.handled.set_result(None)
 
     def _all_up(self) -> bool:
         return all(c.state is ChildState.RUNNING for c in self.children if c.wanted)
