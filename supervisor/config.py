@@ -25,7 +25,9 @@ HANDLER_ERROR_POLICIES: Final = ("log", "restart")
 LOOPS: Final = ("asyncio", "uvloop")
 
 _DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# ``250ms`` is 250 / 1000 (not 250 * 0.001, which is off by one ulp for many values)
+_DURATION_DIVISORS: Final = {"ms": 1000.0}
+_DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _HANDLER_RE: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -93,7 +95,9 @@ class ServerSpec:
     locations: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
     def where(self, key: str) -> Location:
-        return self.locations.get(key) or self.locations["."]
+        found = self.locations.get(key) or self.locations.get(".")
+        # a spec built in code (not read from YAML) has no locations: still name the key
+        return found or Location("<config>", 0, f"server '{self.name}'.{key}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,20 +107,36 @@ class Config:
     supervisor: SupervisorSpec = SupervisorSpec()
     metrics: MetricsSpec = MetricsSpec()
     console: ConsoleSpec = ConsoleSpec()
+    # "metrics", "metrics.port", "console.port", ... -> where it was written (sections and their keys)
+    locations: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, key: str) -> Location:
+        """Where ``key`` (e.g. ``metrics.port``) was written, else its section, else the top of the file."""
+        section = key.partition(".")[0]
+        return self.locations.get(key) or self.locations.get(section) or Location(str(self.path), 1, key)
 
 
 def parse_duration(value: object) -> float:
     """``1.5`` / ``250ms`` / ``10s`` / ``2m`` / ``1h`` -> seconds. Raises ValueError with the reason."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 250ms, 10s, 2m or a number of seconds")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    else:
-        raise ValueError("expected a duration like 250ms, 10s, 2m or a number of seconds")
-    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+            unit = m.group(2)
+            if unit in _DURATION_DIVISORS:
+                seconds = float(m.group(1)) / _DURATION_DIVISORS[unit]
+            else:
+                seconds = float(m.group(1)) * _DURATION_UNITS[unit]
+        else:
+            raise ValueError("expected a duration like 250ms, 10s, 2m or a number of seconds")
+    except OverflowError:  # an integer too large for a float
+        raise ValueError("expected a finite duration") from None
+    if seconds < 0:
         raise ValueError("expected a duration >= 0")
+    if seconds != seconds or seconds == float("inf"):
+        raise ValueError("expected a finite duration")
     return seconds
 
 
@@ -139,8 +159,12 @@ def parse_config(text: str, path: Path) -> Config:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise ConfigError([f"{path}:{line}: invalid YAML: {exc.problem or exc.context}; fix the syntax"]) from None
+    except yaml.reader.ReaderError as exc:  # a control character: located by offset, not by a mark
+        line = text.count("\n", 0, exc.position) + 1
+        reason = str(exc).splitlines()[0]
+        raise ConfigError([f"{path}:{line}: invalid YAML: {reason}; remove that character"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
+        raise ConfigError([f"{path}:1: invalid YAML: {exc}"]) from None
     reader = _Reader(str(path))
     config = reader.config(root, path)
     if reader.problems or config is None:
@@ -151,28 +175,58 @@ def parse_config(text: str, path: Path) -> Config:
 T = TypeVar("T")
 
 
+class _Unreadable:
+    """Stands for a value YAML could compose but not construct (bad tag, impossible date, ...)."""
+
+    def __init__(self, shown: str, reason: str) -> None:
+        self.shown = shown
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"{self.shown}, which YAML cannot read ({self.reason})"
+
+
+class _Fields(dict[str, Node]):
+    """A mapping's value nodes by key, remembering each key's own node: problems point at the key's line
+    (a block list, or an alias to an anchor written elsewhere, starts on another line than its key)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_nodes: dict[str, Node] = {}
+
+    def at(self, key: str, default: Node) -> Node:
+        return self.key_nodes.get(key, default)
+
+
 class _Reader:
     """Walks the composed YAML nodes; collects problems instead of stopping at the first."""
 
     def __init__(self, file: str) -> None:
         self.file = file
-        self.problems: list[str] = []
+        self._problems: list[tuple[int, str]] = []
         self._constructor = yaml.constructor.SafeConstructor()
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem, top of the file first (the walk visits a server's keys in a fixed order)."""
+        return [message for _, message in sorted(self._problems, key=lambda p: p[0])]
 
     def fail(self, node: Node | None, path: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
-        self.problems.append(f"{self.file}:{line}: {path}: {message}" if path else f"{self.file}:{line}: {message}")
+        text = f"{self.file}:{line}: {path}: {message}" if path else f"{self.file}:{line}: {message}"
+        self._problems.append((line, text))
 
     def loc(self, node: Node, path: str) -> Location:
         return Location(self.file, node.start_mark.line + 1, path)
 
     # -- structure -----------------------------------------------------------------------------------------------
 
-    def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node] | None:
+    def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> _Fields | None:
         if not isinstance(node, MappingNode):
-            self.fail(node, path or "(top level)", f"expected a mapping with keys {', '.join(allowed)}")
+            got = _show(self.scalar(node)) if isinstance(node, ScalarNode) else _show(node)
+            self.fail(node, path or "(top level)", f"expected a mapping with keys {', '.join(allowed)}, got {got}")
             return None
-        out: dict[str, Node] = {}
+        out = _Fields()
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, ScalarNode) else None
             kpath = f"{path}.{key}" if path else str(key)
@@ -186,17 +240,50 @@ class _Reader:
                 self.fail(key_node, kpath, f"unknown key; {hint}")
             else:
                 out[key] = value_node
+                out.key_nodes[key] = key_node
         return out
 
     def scalar(self, node: Node) -> object:
         if isinstance(node, ScalarNode):
-            return self._constructor.construct_object(node, deep=True)
+            return self.construct(node)
         return node  # a mapping or list where a scalar belongs: the checkers below reject it
 
-    def data(self, node: Node) -> object:
-        return self._constructor.construct_object(node, deep=True)
+    def construct(self, node: Node) -> object:
+        """The Python value of ``node``, or an _Unreadable (never raises: an odd tag is a config problem)."""
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            # the constructor keeps half-built state after an error: start a fresh one
+            self._constructor = yaml.constructor.SafeConstructor()
+            reason = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else str(exc)
+            if isinstance(node, ScalarNode):
+                raw = f"{node.tag} {node.value}" if node.tag.startswith("!") else node.value
+                return _Unreadable(repr(raw), reason)
+            return _Unreadable(_show(node), reason)
 
-    def field(self, fields: dict[str, Node], key: str, path: str, check: Callable[[object], T], default: T) -> T:
+    def data(self, node: Node, path: str) -> object:
+        """Free-form data (options, after): duplicate keys anywhere inside are problems too."""
+        self.duplicates(node, path, set())
+        return self.construct(node)
+
+    def duplicates(self, node: Node, path: str, seen: set[int]) -> None:
+        if id(node) in seen:  # an alias to an enclosing node
+            return
+        seen.add(id(node))
+        if isinstance(node, MappingNode):
+            keys: set[str] = set()
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, ScalarNode) else None
+                if key is not None and key in keys:
+                    self.fail(key_node, f"{path}.{key}", "duplicate key; keep only one")
+                elif key is not None:
+                    keys.add(key)
+                self.duplicates(value_node, f"{path}.{key}", seen)
+        elif isinstance(node, SequenceNode):
+            for i, item in enumerate(node.value):
+                self.duplicates(item, f"{path}[{i}]", seen)
+
+    def field(self, fields: _Fields, key: str, path: str, check: Callable[[object], T], default: T) -> T:
         node = fields.get(key)
         if node is None:
             return default
@@ -205,23 +292,34 @@ class _Reader:
         try:
             return check(value)
         except ValueError as exc:
-            self.fail(node, kpath, f"{exc}, got {_show(value)}")
+            self.fail(fields.at(key, node), kpath, f"{exc}, got {_show(value)}")
             return default
 
     # -- sections -------------------------------------------------------------------------------------------------
 
     def config(self, root: Node | None, path: Path) -> Config | None:
-        if root is None:
+        if root is None or (isinstance(root, ScalarNode) and root.tag == "tag:yaml.org,2002:null"):
             self.fail(None, "", "the config is empty; it needs at least a 'servers' list")
             return None
         top = self.mapping(root, "", ("supervisor", "metrics", "console", "servers"))
         if top is None:
             return None
+        locations = {".": self.loc(root, "")}
+        for section in ("supervisor", "metrics", "console"):
+            node = top.get(section)
+            if node is None:
+                continue
+            locations[section] = self.loc(top.at(section, node), section)
+            if isinstance(node, MappingNode):
+                for key_node, _ in node.value:
+                    if isinstance(key_node, ScalarNode):
+                        kpath = f"{section}.{key_node.value}"
+                        locations.setdefault(kpath, self.loc(key_node, kpath))
         sup = self.supervisor(top.get("supervisor"))
         metrics = self.metrics(top.get("metrics"))
         console = self.console(top.get("console"))
         servers = self.servers(top.get("servers"), root)
-        return Config(path=path, servers=servers, supervisor=sup, metrics=metrics, console=console)
+        return Config(path=path, servers=servers, supervisor=sup, metrics=metrics, console=console, locations=locations)
 
     def supervisor(self, node: Node | None) -> SupervisorSpec:
         d = SupervisorSpec()
@@ -266,7 +364,8 @@ class _Reader:
             self.fail(root, "servers", "missing; declare at least one server (name, handler, port)")
             return ()
         if not isinstance(node, SequenceNode) or not node.value:
-            self.fail(node, "servers", "expected a non-empty list of servers")
+            got = "an empty list" if isinstance(node, SequenceNode) else _show(self.scalar(node))
+            self.fail(node, "servers", f"expected a non-empty list of servers, got {got}")
             return ()
         specs = [s for i, item in enumerate(node.value) if (s := self.server(item, f"servers[{i}]")) is not None]
         return tuple(specs)
@@ -278,27 +377,29 @@ class _Reader:
         missing = [k for k in ("name", "handler", "port") if k not in f]
         for key in missing:
             self.fail(node, f"{p}.{key}", "missing; every server needs name, handler and port")
-        locations = {".": self.loc(node, p)} | {k: self.loc(v, f"{p}.{k}") for k, v in f.items()}
+        locations = {".": self.loc(node, p)} | {k: self.loc(f.at(k, v), f"{p}.{k}") for k, v in f.items()}
         d = ServerSpec(name="", handler="", port=0)
         name = self.field(f, "name", p, _name, "")
         handler = self.field(f, "handler", p, _handler, "")
         port = self.field(f, "port", p, _int(0, 65535), 0)
         options: Mapping[str, Any] = {}
         if (opt_node := f.get("options")) is not None:
-            value = self.data(opt_node)
+            value = self.data(opt_node, f"{p}.options")
             if isinstance(value, dict) and all(isinstance(k, str) for k in value):
                 options = value
             else:
-                self.fail(opt_node, f"{p}.options", f"expected a mapping of option names to values, got {_show(value)}")
+                expected = "expected a mapping of option names to values"
+                self.fail(f.at("options", opt_node), f"{p}.options", f"{expected}, got {_show(value)}")
         after: tuple[str, ...] = ()
         if (after_node := f.get("after")) is not None:
-            value = self.data(after_node)
+            value = self.data(after_node, f"{p}.after")
             if isinstance(value, str):
                 value = [value]
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 after = tuple(value)
             else:
-                self.fail(after_node, f"{p}.after", f"expected a list of server names, got {_show(value)}")
+                expected = "expected a list of server names"
+                self.fail(f.at("after", after_node), f"{p}.after", f"{expected}, got {_show(value)}")
         spec = ServerSpec(
             name=name,
             handler=handler,
@@ -327,7 +428,12 @@ class _Reader:
             reset_after=self.field(f, "reset_after", p, _duration(), d.reset_after),
         )
         if spec.max < spec.initial:
-            self.fail(f.get("max", node), f"{p}.max", f"must be >= backoff.initial ({spec.initial:g}s)")
+            default = "" if "max" in f else " (the default)"
+            self.fail(
+                f.at("max", node),
+                f"{p}.max",
+                f"expected a duration >= backoff.initial ({spec.initial:g}s), got {spec.max:g}s{default}",
+            )
         return spec
 
 
@@ -339,8 +445,17 @@ def _keys(cls: type) -> tuple[str, ...]:
 
 
 def _show(value: object) -> str:
-    if isinstance(value, Node):
-        return "a list" if isinstance(value, SequenceNode) else "a mapping"
+    """A value as the user wrote it in YAML terms (``null``, ``true``, ``'http'``, a list)."""
+    if isinstance(value, SequenceNode):
+        return "a list"
+    if isinstance(value, MappingNode):
+        return "a mapping"
+    if isinstance(value, ScalarNode):
+        return repr(value.value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return repr(value)
 
 

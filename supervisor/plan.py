@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import importlib
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,9 +12,10 @@ from typing import Any
 
 from supervisor.config import BackoffSpec, Config, ConsoleSpec, MetricsSpec, ServerSpec, SupervisorSpec
 from supervisor.errors import ConfigError
-from supervisor.handler import is_direct_handler, resolve
+from supervisor.handler import is_direct_handler
 
 _WILDCARDS = ("0.0.0.0", "::", "")
+_LINE = re.compile(r"^.*?:(\d+): ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +87,7 @@ def make_plan(config: Config) -> Plan:
         sys.path.append(config_dir)
     resolved = {s.name: _resolve(s, problems) for s in config.servers}
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=_line_of))
     servers = tuple(_server_plan(spec, rank, *resolved[spec.name]) for rank, spec in enumerate(order))  # type: ignore[misc]
     return Plan(str(config.path), config.supervisor, config.metrics, config.console, servers)
 
@@ -132,10 +135,11 @@ def _check_binds(config: Config, problems: list[str]) -> None:
 
     m, c = config.metrics, config.console
     if m.enabled:
-        claim(m.host, m.port, "metrics", f"{config.path}: metrics.port")
+        claim(m.host, m.port, "metrics", str(config.where("metrics.port")))
     if c.enabled:
-        claim(c.host, c.port, "the console", f"{config.path}: console.port")
-        claim(c.host, c.port + 1, "the console's web UI (console.port + 1)", f"{config.path}: console.port")
+        where = str(config.where("console.port"))
+        claim(c.host, c.port, "the console", where)
+        claim(c.host, c.port + 1, "the console's web UI (console.port + 1)", where)
     for s in config.servers:
         claim(s.host, s.port, f"server '{s.name}'", str(s.where("port")))
 
@@ -152,51 +156,66 @@ def _start_order(servers: tuple[ServerSpec, ...], problems: list[str]) -> list[S
                 hint = f"did you mean '{close[0]}'?" if close else f"known servers: {', '.join(by_name)}"
                 problems.append(f"{s.where('after')}: unknown server '{dep}'; {hint}")
     order: list[ServerSpec] = []
-    done: set[str] = set()
-    pending = [s for s in servers]
+    done: set[str] = set()  # started, or given up on (part of a reported cycle)
+
+    def blocking(s: ServerSpec) -> list[str]:
+        return [d for d in s.after if d not in done and d in by_name and d != s.name]
+
+    pending = list(servers)
     while pending:
-        ready = next((s for s in pending if all(d in done or d not in by_name or d == s.name for d in s.after)), None)
+        ready = next((s for s in pending if not blocking(s)), None)
         if ready is None:
-            cycle = _find_cycle(pending, by_name)
-            first = by_name[cycle[0]]
+            # every pending server waits for another pending one, so following the waits finds a cycle
+            waiting = {s.name: s for s in pending}
+            path = [pending[0].name]
+            while (nxt := blocking(waiting[path[-1]])[0]) not in path:
+                path.append(nxt)
+            cycle = [*path[path.index(nxt) :], nxt]
+            first = waiting[cycle[0]]
             problems.append(f"{first.where('after')}: dependency cycle {' -> '.join(cycle)}; remove one 'after' entry")
-            return order + pending
+            done.update(cycle)  # go on, to report any other cycle too
+            continue
         order.append(ready)
         done.add(ready.name)
         pending.remove(ready)
     return order
 
 
-def _find_cycle(pending: list[ServerSpec], by_name: dict[str, ServerSpec]) -> list[str]:
-    names = {s.name for s in pending}
-    path: list[str] = [pending[0].name]
-    while True:
-        nxt = next(d for d in by_name[path[-1]].after if d in names and d != path[-1])
-        if nxt in path:
-            return [*path[path.index(nxt) :], nxt]
-        path.append(nxt)
-
-
 def _resolve(spec: ServerSpec, problems: list[str]) -> tuple[object, bool] | None:
     where = spec.where("handler")
     module_name, _, attr = spec.handler.partition(":")
     try:
-        target = resolve(spec.handler)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        problems.append(
-            f"{where}: cannot import module '{module_name}' ({exc}); "
-            "check the name, and that it is on PYTHONPATH or next to the config file"
-        )
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(f"{missing}.")):
+            problems.append(
+                f"{where}: cannot import module '{module_name}' ({exc}); "
+                "check the name, and that it is on PYTHONPATH or next to the config file"
+            )
+        else:  # the module exists but one of its own imports is missing
+            problems.append(f"{where}: importing '{module_name}' raised ModuleNotFoundError: {exc}")
         return None
-    except AttributeError:
-        problems.append(f"{where}: module '{module_name}' has no attribute '{attr}'{_attr_hint(module_name, attr)}")
-        return None
-    except Exception as exc:  # noqa: BLE001 - the user's module raised while importing: report, don't crash
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module raised while importing: report
         problems.append(f"{where}: importing '{module_name}' raised {type(exc).__name__}: {exc}")
         return None
+    target: object = module
+    owner = f"module '{module_name}'"
+    walked: list[str] = []
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            problems.append(f"{where}: {owner} has no attribute '{part}'{_attr_hint(target, part)}")
+            return None
+        except Exception as exc:  # noqa: BLE001 - a property or __getattr__ of the user's code raised
+            problems.append(f"{where}: getting '{part}' from {owner} raised {type(exc).__name__}: {exc}")
+            return None
+        walked.append(part)
+        owner = f"'{module_name}:{'.'.join(walked)}'"
     if not callable(target):
         problems.append(
-            f"{where}: '{spec.handler}' is a {type(target).__name__}, not callable; "
+            f"{where}: '{spec.handler}' is not callable (it is of type {type(target).__name__}); "
             "name an async def handle(reader, writer) or a factory taking options"
         )
         return None
@@ -209,9 +228,12 @@ def _resolve(spec: ServerSpec, problems: list[str]) -> tuple[object, bool] | Non
     return target, direct
 
 
-def _attr_hint(module_name: str, attr: str) -> str:
-    module = sys.modules.get(module_name)
-    if module is None:
-        return ""
-    close = difflib.get_close_matches(attr.split(".")[0], [n for n in dir(module) if not n.startswith("_")], n=1)
+def _line_of(problem: str) -> int:
+    """Problems start with a Location (``file:line: key``): report them top of the file first."""
+    found = _LINE.match(problem)
+    return int(found.group(1)) if found else 0
+
+
+def _attr_hint(owner: object, attr: str) -> str:
+    close = difflib.get_close_matches(attr, [n for n in dir(owner) if not n.startswith("_")], n=1)
     return f"; did you mean '{close[0]}'?" if close else ""

@@ -44,7 +44,10 @@ class Backoff:
         s = self.spec
         if s.initial <= 0:
             return 0.0
-        base = min(s.max, s.initial * s.factor ** (self.failures - 1))
+        try:
+            base = min(s.max, s.initial * s.factor ** (self.failures - 1))
+        except OverflowError:  # factor ** failures outgrew a float long after reaching max (2.0 ** 1024)
+            base = s.max
         # symmetric jitter spreads restarts of servers that fail together, never beyond max
         jittered = base * (1.0 + s.jitter * (2.0 * self.rand() - 1.0))
         return max(0.0, min(s.max, jittered))

@@ -1,0 +1,148 @@
+"""``supervisor check``: exit 0 and the plan for a good config; exit 2, file:line messages and no traceback else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from supervisor.cli import EXIT_OK, EXIT_USAGE, main
+
+ROOT = Path(__file__).resolve().parents[1]
+PROD = ROOT / "configs" / "prod.yaml"
+DATA = Path(__file__).resolve().parent / "data"
+BAD = DATA / "bad.yaml"
+UNPLANNABLE = DATA / "unplannable.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _restore_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_plan puts the config's folder on sys.path: keep that from leaking into other tests."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def check(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    rc = main(["check", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_prod_config_is_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = check(capsys, str(PROD))
+    assert rc == EXIT_OK == 0
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0].split() == ["#", "server", "address", "restart", "on_error", "backoff", "drain", "after", "handler"]
+    assert [line.split()[1] for line in lines[1:4]] == ["echo", "http", "chat"]
+    assert lines[1].split()[2] == "127.0.0.1:8888"
+    assert lines[3].split()[-2:] == ["echo", "supervisor.handlers.chat:room"]
+    assert lines[4] == "strategy one_for_one, at most 10 restarts in 60s, shutdown within 30s, loop asyncio"
+    assert lines[-1] == f"{PROD}: OK, 3 server(s)"
+
+
+def test_bad_config_lists_every_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = check(capsys, str(BAD))
+    assert rc == EXIT_USAGE == 2
+    assert out == ""
+    assert "Traceback" not in err
+    assert err.splitlines() == [
+        f"{BAD}:3: supervisor.strategy: expected one of one_for_one | one_for_all | rest_for_one "
+        "(did you mean 'one_for_all'?), got 'one_for_al'",
+        f"{BAD}:4: supervisor.restart_window: expected a duration like 250ms, 10s, 2m or a number of seconds, "
+        "got '10x'",
+        f"{BAD}:6: metrics.prot: unknown key; did you mean 'port'?",
+        f"{BAD}:14: servers[1].port: expected an integer 0-65535, got 'http'",
+        f"{BAD}:16: servers[1].backoff.max: expected a duration >= backoff.initial (2s), got 1s",
+        f"supervisor: 5 problems in {BAD}; nothing was started",
+    ]
+
+
+def test_unplannable_config_lists_every_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = check(capsys, str(UNPLANNABLE))
+    assert rc == EXIT_USAGE
+    assert out == ""
+    assert err.splitlines() == [
+        f"{UNPLANNABLE}:6: servers[0].options: 'supervisor.handlers.echo:handle' is a plain handler and takes no "
+        "options; remove 'options' or point 'handler' at a factory",
+        f"{UNPLANNABLE}:8: servers[1].handler: module 'supervisor.handlers.http' has no attribute 'mkae'; "
+        "did you mean 'make'?",
+        f"{UNPLANNABLE}:9: servers[1].port: 127.0.0.1:8888 is already used by server 'echo'; pick another port",
+        f"{UNPLANNABLE}:10: servers[1].after: dependency cycle web -> chat -> web; remove one 'after' entry",
+        f"supervisor: 4 problems in {UNPLANNABLE}; nothing was started",
+    ]
+
+
+def test_path_is_shown_as_given(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    rc, _, err = check(capsys, "tests/data/bad.yaml")
+    assert rc == EXIT_USAGE
+    assert err.splitlines()[0].startswith("tests/data/bad.yaml:3: supervisor.strategy: ")
+
+
+def test_one_problem_is_singular(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("servers: []\n")
+    rc, out, err = check(capsys, str(path))
+    assert (rc, out) == (EXIT_USAGE, "")
+    assert err.splitlines() == [
+        f"{path}:1: servers: expected a non-empty list of servers, got an empty list",
+        f"supervisor: 1 problem in {path}; nothing was started",
+    ]
+
+
+def test_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    rc, out, err = check(capsys, str(path))
+    assert (rc, out) == (EXIT_USAGE, "")
+    assert err.splitlines() == [
+        f"{path}: cannot read the config file: No such file or directory; check the path",
+        f"supervisor: 1 problem in {path}; nothing was started",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "servers:\n  - name: [\n",  # YAML syntax
+        "servers:\n  - {name: a, handler: 'm:h', port: 1, shutdown_timeout: 2020-13-45}\n",  # unconstructable
+        "servers:\n  - {name: a, handler: 'm:h', port: 1, options: !!python/object:os.system {}}\n",  # unsafe tag
+        "supervisor: {restart_window: 1" + "0" * 400 + "}\nservers: [{name: a, handler: 'm:h', port: 1}]\n",
+        "servers:\n  - {name: a, handler: 'no_such_mod_cli:h', port: 1}\n",  # import
+    ],
+    ids=["syntax", "bad-date", "python-tag", "huge-int", "import"],
+)
+def test_bad_input_never_tracebacks(capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    rc, out, err = check(capsys, str(path))
+    assert (rc, out) == (EXIT_USAGE, "")
+    assert "Traceback" not in err
+    first = err.splitlines()[0]
+    assert first.startswith(f"{path}:"), first
+    assert first.removeprefix(f"{path}:").split(":")[0].isdigit(), first
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check"]) == EXIT_USAGE
+    assert main(["frobnicate", str(PROD)]) == EXIT_USAGE
+    assert main([]) == EXIT_USAGE
+    _, err = capsys.readouterr()
+    assert "usage: supervisor" in err
+
+
+def test_subprocess_bad_config_exits_2_without_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor", "check", str(UNPLANNABLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == f"supervisor: 4 problems in {UNPLANNABLE}; nothing was started"
+    assert f"{UNPLANNABLE}:10: servers[1].after: dependency cycle web -> chat -> web" in result.stderr

@@ -1,0 +1,790 @@
+"""Config loading: every value read right, every problem reported as ``file:line: key.path: what is expected``."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from supervisor.config import (
+    BackoffSpec,
+    Config,
+    ConsoleSpec,
+    Location,
+    MetricsSpec,
+    ServerSpec,
+    SupervisorSpec,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+from supervisor.errors import ConfigError
+
+ECHO = "supervisor.handlers.echo:handle"
+
+
+def write(tmp_path: Path, text: str, name: str = "supervisor.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == "\n".join(info.value.problems)
+    return info.value.problems
+
+
+def one_problem(tmp_path: Path, text: str) -> str:
+    """The single problem in ``text``, without the ``<file>:`` prefix (so tests read ``12: key: ...``)."""
+    path = write(tmp_path, text)
+    problems = problems_of(path)
+    assert len(problems) == 1, problems
+    prefix = f"{path}:"
+    assert problems[0].startswith(prefix), problems[0]
+    return problems[0].removeprefix(prefix)
+
+
+def server_with(line: str) -> str:
+    """A one-server config with ``line`` added to the server at line 5."""
+    return f"servers:\n  - name: echo\n    handler: {ECHO}\n    port: 8888\n    {line}\n"
+
+
+# -- values read right ---------------------------------------------------------------------------------------------
+
+
+def test_minimal_config_takes_every_default(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        servers:
+          - {{name: echo, handler: "{ECHO}", port: 8888}}
+        """,
+    )
+    config = load_config(path)
+    assert config == Config(
+        path=path,
+        servers=(ServerSpec(name="echo", handler=ECHO, port=8888),),
+        supervisor=SupervisorSpec(),
+        metrics=MetricsSpec(),
+        console=ConsoleSpec(),
+    )
+    server = config.servers[0]
+    assert server.host == "127.0.0.1"
+    assert server.restart == "permanent"
+    assert server.on_handler_error == "log"
+    assert server.backoff == BackoffSpec(initial=0.1, factor=2.0, max=30.0, jitter=0.1, reset_after=10.0)
+    assert server.shutdown_timeout == 5.0
+    assert server.backlog == 1024
+    assert server.after == ()
+    assert server.options == {}
+    assert config.supervisor == SupervisorSpec("one_for_one", 10, 60.0, 30.0, "asyncio")
+
+
+def test_every_key_is_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        supervisor:
+          strategy: rest_for_one
+          max_restarts: 3
+          restart_window: 2m
+          shutdown_timeout: 1500ms
+          loop: uvloop
+        metrics: {{enabled: false, host: 0.0.0.0, port: 0}}
+        console: {{enabled: true, host: '::1', port: 3000, allow_remote: true, repl: true}}
+        servers:
+          - name: db.proxy-1
+            handler: {ECHO}
+            host: 10.0.0.1
+            port: 5432
+            restart: transient
+            on_handler_error: restart
+            backoff: {{initial: 250ms, factor: 3, max: 1m, jitter: 0, reset_after: 1h}}
+            shutdown_timeout: 2.5
+            backlog: 16
+            options: {{a: 1, nested: {{b: [1, 2]}}}}
+          - name: web
+            handler: pkg.mod:Factory.make
+            port: 80
+            restart: temporary
+            after: db.proxy-1
+          - name: worker
+            handler: {ECHO}
+            port: 81
+            after: [db.proxy-1, web]
+        """,
+    )
+    config = load_config(path)
+    assert config.supervisor == SupervisorSpec("rest_for_one", 3, 120.0, 1.5, "uvloop")
+    assert config.metrics == MetricsSpec(enabled=False, host="0.0.0.0", port=0)
+    assert config.console == ConsoleSpec(enabled=True, host="::1", port=3000, allow_remote=True, repl=True)
+    db, web, worker = config.servers
+    assert db == ServerSpec(
+        name="db.proxy-1",
+        handler=ECHO,
+        host="10.0.0.1",
+        port=5432,
+        restart="transient",
+        on_handler_error="restart",
+        backoff=BackoffSpec(initial=0.25, factor=3.0, max=60.0, jitter=0.0, reset_after=3600.0),
+        shutdown_timeout=2.5,
+        backlog=16,
+        options={"a": 1, "nested": {"b": [1, 2]}},
+    )
+    assert web.handler == "pkg.mod:Factory.make"
+    assert web.restart == "temporary"
+    assert web.after == ("db.proxy-1",)  # a single name is a list of one
+    assert worker.after == ("db.proxy-1", "web")
+
+
+def test_yaml_anchors_and_aliases_are_shared(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        servers:
+          - name: a
+            handler: {ECHO}
+            port: 1
+            backoff: &fast {{initial: 10ms, max: 1s}}
+          - name: b
+            handler: {ECHO}
+            port: 2
+            backoff: *fast
+        """,
+    )
+    a, b = load_config(path).servers
+    assert a.backoff == b.backoff == BackoffSpec(initial=0.01, max=1.0)
+
+
+def test_locations_point_at_each_key_and_defaults_at_the_entry(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        metrics:
+          port: 9200
+        servers:
+          - name: echo
+            handler: {ECHO}
+            port: 8888
+            after:
+              - other
+          - name: other
+            handler: {ECHO}
+            port: 8889
+        """,
+    )
+    config = load_config(path)
+    echo = config.servers[0]
+    assert echo.where("name") == Location(str(path), 4, "servers[0].name")
+    assert echo.where("port") == Location(str(path), 6, "servers[0].port")
+    assert echo.where("after") == Location(str(path), 7, "servers[0].after")  # the key's line, not the item's
+    assert echo.where("host") == Location(str(path), 4, "servers[0]")  # a default: the server's entry
+    assert str(echo.where("port")) == f"{path}:6: servers[0].port"
+    assert config.servers[1].where(".") == Location(str(path), 9, "servers[1]")
+    assert config.where("metrics.port") == Location(str(path), 2, "metrics.port")
+    assert config.where("metrics.host") == Location(str(path), 1, "metrics")  # a default: the section
+    assert config.where("console.port") == Location(str(path), 1, "console.port")  # no section at all
+
+
+def test_specs_built_in_code_still_have_locations() -> None:
+    spec = ServerSpec(name="echo", handler=ECHO, port=1)
+    assert str(spec.where("port")) == "<config>:0: server 'echo'.port"
+    config = Config(path=Path("x.yaml"), servers=(spec,))
+    assert str(config.where("metrics.port")) == "x.yaml:1: metrics.port"
+
+
+def test_parse_config_takes_text_and_names_the_path() -> None:
+    config = parse_config(f"servers: [{{name: a, handler: '{ECHO}', port: 1}}]", Path("inline.yaml"))
+    assert config.path == Path("inline.yaml")
+    with pytest.raises(ConfigError) as info:
+        parse_config("servers: []", Path("inline.yaml"))
+    assert info.value.problems == ["inline.yaml:1: servers: expected a non-empty list of servers, got an empty list"]
+
+
+# -- durations ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (0, 0.0),
+        (2, 2.0),
+        (1.5, 1.5),
+        ("0", 0.0),
+        ("1.5", 1.5),
+        ("250ms", 0.25),
+        ("1ms", 0.001),
+        ("10s", 10.0),
+        ("0.5s", 0.5),
+        ("2m", 120.0),
+        ("1.5m", 90.0),
+        ("1h", 3600.0),
+        (" 3 s ", 3.0),
+    ],
+)
+def test_parse_duration_accepts(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("10x", "expected a duration like 250ms, 10s, 2m or a number of seconds"),
+        ("ms", "expected a duration like 250ms, 10s, 2m or a number of seconds"),
+        ("1 5s", "expected a duration like 250ms, 10s, 2m or a number of seconds"),
+        ("10S", "expected a duration like 250ms, 10s, 2m or a number of seconds"),
+        ("-1s", "expected a duration like 250ms, 10s, 2m or a number of seconds"),
+        ("", "expected a duration like 250ms, 10s, 2m or a number of seconds"),
+        (True, "expected a duration like 250ms, 10s, 2m or a number of seconds"),
+        (None, "expected a duration like 250ms, 10s, 2m or a number of seconds"),
+        ([1], "expected a duration like 250ms, 10s, 2m or a number of seconds"),
+        (-1, "expected a duration >= 0"),
+        (-0.5, "expected a duration >= 0"),
+        (math.inf, "expected a finite duration"),
+        (math.nan, "expected a finite duration"),
+        (10**400, "expected a finite duration"),  # used to escape as OverflowError
+        ("1" + "0" * 400 + "s", "expected a finite duration"),
+    ],
+)
+def test_parse_duration_rejects(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        parse_duration(value)
+
+
+@given(st.integers(min_value=0, max_value=10**12))
+def test_milliseconds_round_trip(n: int) -> None:
+    # 250ms is 250 / 1000, exactly what the user means (n * 0.001 is off by one ulp for n = 9, 13, 18, ...)
+    assert parse_duration(f"{n}ms") == n / 1000
+
+
+@given(st.integers(min_value=0, max_value=10**12))
+def test_whole_units_round_trip(n: int) -> None:
+    assert parse_duration(n) == parse_duration(f"{n}") == parse_duration(f"{n}s") == float(n)
+    assert parse_duration(f"{n}m") == n * 60.0
+    assert parse_duration(f"{n}h") == n * 3600.0
+
+
+@given(st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False))
+def test_numbers_are_seconds(x: float) -> None:
+    assert parse_duration(x) == x
+    assert parse_duration(f"{x:f}s") == pytest.approx(x, abs=1e-6)
+
+
+def test_duration_keys_accept_numbers_and_units(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        supervisor: {{restart_window: 90, shutdown_timeout: 2m}}
+        servers:
+          - {{name: a, handler: "{ECHO}", port: 1, shutdown_timeout: 250ms, backoff: {{initial: 0, max: 0.5}}}}
+        """,
+    )
+    config = load_config(path)
+    assert config.supervisor.restart_window == 90.0
+    assert config.supervisor.shutdown_timeout == 120.0
+    assert config.servers[0].shutdown_timeout == 0.25
+    assert config.servers[0].backoff.initial == 0.0
+    assert config.servers[0].backoff.max == 0.5
+
+
+# -- the file itself -------------------------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    assert problems_of(path) == [f"{path}: cannot read the config file: No such file or directory; check the path"]
+
+
+def test_a_directory_is_not_a_config(tmp_path: Path) -> None:
+    assert problems_of(tmp_path) == [f"{tmp_path}: cannot read the config file: Is a directory; check the path"]
+
+
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "servers: []\n")
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    # chmod 000 does not stop root, so make the read fail the way it would for anyone else
+    monkeypatch.setattr(Path, "read_text", refuse)
+    assert problems_of(path) == [f"{path}: cannot read the config file: Permission denied; check the path"]
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"servers: []\n# caf\xe9\n")
+    assert problems_of(path) == [f"{path}: the config file is not UTF-8 text (invalid continuation byte)"]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n...\n", "~\n", "null\n"])
+def test_empty_config(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    assert problems_of(path) == [f"{path}:1: the config is empty; it needs at least a 'servers' list"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "servers:\n  - name: echo\n    port: [1, 2\n",
+            "4: invalid YAML: expected ',' or ']', but got '<stream end>'; fix the syntax",
+        ),
+        (
+            "servers:\n  - name: echo\n\tport: 1\n",
+            "3: invalid YAML: found character '\\t' that cannot start any token; fix the syntax",
+        ),
+        (
+            "servers:\n  - name: 'echo\n",
+            "3: invalid YAML: found unexpected end of stream; fix the syntax",
+        ),
+        (
+            "servers: []\n---\nservers: []\n",
+            "2: invalid YAML: but found another document; fix the syntax",
+        ),
+        (
+            "servers:\n  - name: *nope\n",
+            "2: invalid YAML: found undefined alias 'nope'; fix the syntax",
+        ),
+        (
+            "servers:\n  - name: ok\n    handler: \x01\n",
+            "3: invalid YAML: unacceptable character #x0001: special characters are not allowed; remove that character",
+        ),
+    ],
+    ids=["unclosed-list", "tab", "unclosed-quote", "two-documents", "undefined-alias", "control-character"],
+)
+def test_yaml_syntax_errors_name_the_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    assert problems_of(path) == [f"{path}:{expected}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "got"),
+    [
+        ("- a\n- b\n", "a list"),
+        ("just a string\n", "'just a string'"),
+        ("42\n", "42"),
+        ("true\n", "true"),
+    ],
+)
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, got: str) -> None:
+    assert one_problem(tmp_path, text) == (
+        f"1: (top level): expected a mapping with keys supervisor, metrics, console, servers, got {got}"
+    )
+
+
+# -- keys ----------------------------------------------------------------------------------------------------------
+
+
+def test_unknown_top_level_key_suggests_the_closest(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        # comment
+        supervisr: {{}}
+        servers:
+          - {{name: a, handler: "{ECHO}", port: 1}}
+        """,
+    )
+    assert problems_of(path) == [f"{path}:2: supervisr: unknown key; did you mean 'supervisor'?"]
+
+
+def test_misspelled_servers_is_unknown_and_servers_is_missing(tmp_path: Path) -> None:
+    path = write(tmp_path, f"metrics: {{port: 9000}}\nserver:\n  - {{name: a, handler: '{ECHO}', port: 1}}\n")
+    assert problems_of(path) == [
+        f"{path}:1: servers: missing; declare at least one server (name, handler, port)",
+        f"{path}:2: server: unknown key; did you mean 'servers'?",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("hostt: 127.0.0.1", "5: servers[0].hostt: unknown key; did you mean 'host'?"),
+        ("restarts: permanent", "5: servers[0].restarts: unknown key; did you mean 'restart'?"),
+        ("option: {}", "5: servers[0].option: unknown key; did you mean 'options'?"),
+        (
+            "zzz: 1",
+            "5: servers[0].zzz: unknown key; expected one of: name, handler, port, host, restart, on_handler_error, "
+            "backoff, shutdown_timeout, backlog, after, options",
+        ),
+        ("backoff: {intial: 1s}", "5: servers[0].backoff.intial: unknown key; did you mean 'initial'?"),
+        ("[a]: 1", "5: servers[0]: keys must be plain strings"),
+    ],
+)
+def test_unknown_server_keys(tmp_path: Path, line: str, expected: str) -> None:
+    assert one_problem(tmp_path, server_with(line)) == expected
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("supervisor: {stratgy: one_for_all}", "1: supervisor.stratgy: unknown key; did you mean 'strategy'?"),
+        ("metrics: {prot: 1}", "1: metrics.prot: unknown key; did you mean 'port'?"),
+        ("console: {repel: true}", "1: console.repel: unknown key; did you mean 'repl'?"),
+        (
+            "metrics: {zzz: 1}",
+            "1: metrics.zzz: unknown key; expected one of: enabled, host, port",
+        ),
+    ],
+)
+def test_unknown_section_keys(tmp_path: Path, section: str, expected: str) -> None:
+    text = f"{section}\nservers: [{{name: a, handler: '{ECHO}', port: 1}}]\n"
+    assert one_problem(tmp_path, text) == expected
+
+
+def test_duplicate_keys_everywhere(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        metrics: {{port: 1}}
+        metrics: {{port: 2}}
+        servers:
+          - name: echo
+            handler: {ECHO}
+            port: 8888
+            port: 8889
+            backoff: {{initial: 1s, initial: 2s}}
+          - name: f
+            handler: pkg:make
+            port: 1
+            options:
+              a: 1
+              deep:
+                - {{x: 1, x: 2}}
+              a: 3
+        """,
+    )
+    assert problems_of(path) == [
+        f"{path}:2: metrics: duplicate key; keep only one",
+        f"{path}:7: servers[0].port: duplicate key; keep only one",
+        f"{path}:8: servers[0].backoff.initial: duplicate key; keep only one",
+        f"{path}:15: servers[1].options.deep[0].x: duplicate key; keep only one",
+        f"{path}:16: servers[1].options.a: duplicate key; keep only one",
+    ]
+
+
+# -- values: types and ranges ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("host: ''", "servers[0].host: expected a host name or IP address such as 127.0.0.1, got ''"),
+        ("host: a b", "servers[0].host: expected a host name or IP address such as 127.0.0.1, got 'a b'"),
+        ("host: 5", "servers[0].host: expected a host name or IP address such as 127.0.0.1, got 5"),
+        ("host: [a]", "servers[0].host: expected a host name or IP address such as 127.0.0.1, got a list"),
+        (
+            "restart: permanant",
+            "servers[0].restart: expected one of permanent | transient | temporary (did you mean 'permanent'?), "
+            "got 'permanant'",
+        ),
+        ("restart: 1", "servers[0].restart: expected one of permanent | transient | temporary, got 1"),
+        (
+            "on_handler_error: crash",
+            "servers[0].on_handler_error: expected one of log | restart, got 'crash'",
+        ),
+        ("backlog: 0", "servers[0].backlog: expected an integer 1-65535, got 0"),
+        ("backlog: many", "servers[0].backlog: expected an integer 1-65535, got 'many'"),
+        ("shutdown_timeout: 0", "servers[0].shutdown_timeout: expected a duration > 0, got 0"),
+        ("shutdown_timeout: 0ms", "servers[0].shutdown_timeout: expected a duration > 0, got '0ms'"),
+        (
+            "shutdown_timeout: 10x",
+            "servers[0].shutdown_timeout: expected a duration like 250ms, 10s, 2m or a number of seconds, got '10x'",
+        ),
+        ("shutdown_timeout: -5", "servers[0].shutdown_timeout: expected a duration >= 0, got -5"),
+        (
+            "shutdown_timeout: yes",
+            "servers[0].shutdown_timeout: expected a duration like 250ms, 10s, 2m or a number of seconds, got true",
+        ),
+        ("backoff: {factor: 0.5}", "servers[0].backoff.factor: expected a number from 1 to 100, got 0.5"),
+        ("backoff: {factor: '2'}", "servers[0].backoff.factor: expected a number from 1 to 100, got '2'"),
+        ("backoff: {jitter: 1.5}", "servers[0].backoff.jitter: expected a number from 0 to 1, got 1.5"),
+        ("backoff: {jitter: true}", "servers[0].backoff.jitter: expected a number from 0 to 1, got true"),
+        ("backoff: {initial: -1}", "servers[0].backoff.initial: expected a duration >= 0, got -1"),
+        (
+            "backoff: {reset_after: soon}",
+            "servers[0].backoff.reset_after: expected a duration like 250ms, 10s, 2m or a number of seconds, "
+            "got 'soon'",
+        ),
+        (
+            "backoff: {initial: 2s, max: 1s}",
+            "servers[0].backoff.max: expected a duration >= backoff.initial (2s), got 1s",
+        ),
+        (
+            "backoff: {initial: 1m}",
+            "servers[0].backoff.max: expected a duration >= backoff.initial (60s), got 30s (the default)",
+        ),
+        (
+            "backoff: fast",
+            "servers[0].backoff: expected a mapping with keys initial, factor, max, jitter, reset_after, got 'fast'",
+        ),
+        ("options: [a, b]", "servers[0].options: expected a mapping of option names to values, got ['a', 'b']"),
+        ("options: {1: a}", "servers[0].options: expected a mapping of option names to values, got {1: 'a'}"),
+        ("options:", "servers[0].options: expected a mapping of option names to values, got null"),
+        ("after: [1]", "servers[0].after: expected a list of server names, got [1]"),
+        ("after: {a: b}", "servers[0].after: expected a list of server names, got {'a': 'b'}"),
+    ],
+)
+def test_wrong_server_values(tmp_path: Path, line: str, expected: str) -> None:
+    assert one_problem(tmp_path, server_with(line)) == f"5: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [("http", "'http'"), ("70000", "70000"), ("-1", "-1"), ("true", "true"), ("8080.0", "8080.0"), ("", "null")],
+)
+def test_port_must_be_an_integer_0_65535(tmp_path: Path, value: str, got: str) -> None:
+    text = f"servers:\n  - name: ok\n    handler: {ECHO}\n    port: 1\n  - name: bad\n    handler: {ECHO}\n"
+    text += f"    port: {value}\n"
+    assert one_problem(tmp_path, text) == f"7: servers[1].port: expected an integer 0-65535, got {got}"
+
+
+def test_the_example_from_the_issue(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        # line 1
+        supervisor:
+          strategy: one_for_one
+        metrics: {{port: 9100}}
+        console: {{port: 20101}}
+        servers:
+          - name: echo
+            handler: {ECHO}
+            port: 8888
+
+          - name: web
+            port: http
+            handler: {ECHO}
+        """,
+    )
+    assert problems_of(path) == [f"{path}:12: servers[1].port: expected an integer 0-65535, got 'http'"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("echo server", "expected a name of letters, digits, '_', '.', '-' (at most 63), got 'echo server'"),
+        ("-echo", "expected a name of letters, digits, '_', '.', '-' (at most 63), got '-echo'"),
+        ("e" * 64, f"expected a name of letters, digits, '_', '.', '-' (at most 63), got '{'e' * 64}'"),
+        ("5", "expected a name of letters, digits, '_', '.', '-' (at most 63), got 5"),
+    ],
+)
+def test_server_names(tmp_path: Path, value: str, expected: str) -> None:
+    text = f"servers:\n  - name: {value}\n    handler: {ECHO}\n    port: 1\n"
+    assert one_problem(tmp_path, text) == f"2: servers[0].name: {expected}"
+
+
+def test_longest_name_is_fine(tmp_path: Path) -> None:
+    path = write(tmp_path, f"servers:\n  - name: {'e' * 63}\n    handler: {ECHO}\n    port: 1\n")
+    assert load_config(path).servers[0].name == "e" * 63
+
+
+@pytest.mark.parametrize("value", ["nope", "a:b:c", "1mod:handle", "mod:", ":handle", "mod handle:x"])
+def test_handler_must_be_module_colon_attribute(tmp_path: Path, value: str) -> None:
+    text = f"servers:\n  - name: a\n    handler: '{value}'\n    port: 1\n"
+    assert one_problem(tmp_path, text) == (
+        f"3: servers[0].handler: expected 'module:attribute', e.g. supervisor.handlers.echo:handle, got '{value}'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (
+            "supervisor: {strategy: one_for_al}",
+            "supervisor.strategy: expected one of one_for_one | one_for_all | rest_for_one "
+            "(did you mean 'one_for_all'?), got 'one_for_al'",
+        ),
+        ("supervisor: {max_restarts: -1}", "supervisor.max_restarts: expected an integer 0-1000000, got -1"),
+        ("supervisor: {max_restarts: ten}", "supervisor.max_restarts: expected an integer 0-1000000, got 'ten'"),
+        ("supervisor: {restart_window: 0}", "supervisor.restart_window: expected a duration > 0, got 0"),
+        (
+            "supervisor: {restart_window: 1" + "0" * 400 + "}",
+            "supervisor.restart_window: expected a finite duration, got 1" + "0" * 400,
+        ),
+        ("supervisor: {shutdown_timeout: 0s}", "supervisor.shutdown_timeout: expected a duration > 0, got '0s'"),
+        ("supervisor: {loop: tokio}", "supervisor.loop: expected one of asyncio | uvloop, got 'tokio'"),
+        (
+            "supervisor: [a]",
+            "supervisor: expected a mapping with keys " + "strategy, max_restarts, "
+            "restart_window, shutdown_timeout, loop, got a list",
+        ),
+        ("metrics: {enabled: maybe}", "metrics.enabled: expected true or false, got 'maybe'"),
+        ("metrics: {enabled: 1}", "metrics.enabled: expected true or false, got 1"),
+        ("metrics: {port: 65536}", "metrics.port: expected an integer 0-65535, got 65536"),
+        ("metrics: {host: ' '}", "metrics.host: expected a host name or IP address such as 127.0.0.1, got ' '"),
+        ("metrics:", "metrics: expected a mapping with keys enabled, host, port, got null"),
+        ("console: {port: 0}", "console.port: expected an integer 1-65534, got 0"),
+        ("console: {port: 65535}", "console.port: expected an integer 1-65534, got 65535"),
+        ("console: {allow_remote: 'yes'}", "console.allow_remote: expected true or false, got 'yes'"),
+        ("console: {repl: null}", "console.repl: expected true or false, got null"),
+    ],
+)
+def test_wrong_section_values(tmp_path: Path, section: str, expected: str) -> None:
+    text = f"{section}\nservers: [{{name: a, handler: '{ECHO}', port: 1}}]\n"
+    assert one_problem(tmp_path, text) == f"1: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("servers: []\n", "1: servers: expected a non-empty list of servers, got an empty list"),
+        ("metrics: {}\nservers:\n", "2: servers: expected a non-empty list of servers, got null"),
+        ("servers: echo\n", "1: servers: expected a non-empty list of servers, got 'echo'"),
+        ("servers: {name: echo}\n", "1: servers: expected a non-empty list of servers, got a mapping"),
+        ("# a\n# b\nmetrics: {port: 1}\n", "3: servers: missing; declare at least one server (name, handler, port)"),
+    ],
+)
+def test_servers_must_be_a_non_empty_list(tmp_path: Path, text: str, expected: str) -> None:
+    assert one_problem(tmp_path, text) == expected
+
+
+def test_server_entries_must_be_mappings_with_required_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        servers:
+          - echo
+          - handler: {ECHO}
+          - {{}}
+        """,
+    )
+    keys = "name, handler, port, host, restart, on_handler_error, backoff, shutdown_timeout, backlog, after, options"
+    assert problems_of(path) == [
+        f"{path}:2: servers[0]: expected a mapping with keys {keys}, got 'echo'",
+        f"{path}:3: servers[1].name: missing; every server needs name, handler and port",
+        f"{path}:3: servers[1].port: missing; every server needs name, handler and port",
+        f"{path}:4: servers[2].name: missing; every server needs name, handler and port",
+        f"{path}:4: servers[2].handler: missing; every server needs name, handler and port",
+        f"{path}:4: servers[2].port: missing; every server needs name, handler and port",
+    ]
+
+
+def test_every_problem_is_reported_top_of_the_file_first(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        supervisor:
+          loop: tokio
+        servers:
+          - name: echo
+            hostt: x
+            port: http
+            handler: {ECHO}
+            restart: sometimes
+          - name: b
+            handler: nope
+            port: 1
+        console: {{port: 0}}
+        """,
+    )
+    assert problems_of(path) == [
+        f"{path}:2: supervisor.loop: expected one of asyncio | uvloop, got 'tokio'",
+        f"{path}:5: servers[0].hostt: unknown key; did you mean 'host'?",
+        f"{path}:6: servers[0].port: expected an integer 0-65535, got 'http'",
+        f"{path}:8: servers[0].restart: expected one of permanent | transient | temporary, got 'sometimes'",
+        f"{path}:10: servers[1].handler: expected 'module:attribute', e.g. supervisor.handlers.echo:handle, got 'nope'",
+        f"{path}:12: console.port: expected an integer 1-65534, got 0",
+    ]
+
+
+def test_problems_in_a_block_value_point_at_its_key(tmp_path: Path) -> None:
+    text = server_with("options:\n      - a\n      - b")
+    assert one_problem(tmp_path, text) == (
+        "5: servers[0].options: expected a mapping of option names to values, got ['a', 'b']"
+    )
+
+
+def test_problems_in_an_aliased_value_point_at_each_use(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        servers:
+          - name: a
+            handler: {ECHO}
+            port: 1
+            shutdown_timeout: &t nope
+          - name: b
+            handler: {ECHO}
+            port: 2
+            shutdown_timeout: *t
+        """,
+    )
+    expected = "shutdown_timeout: expected a duration like 250ms, 10s, 2m or a number of seconds, got 'nope'"
+    assert problems_of(path) == [f"{path}:5: servers[0].{expected}", f"{path}:9: servers[1].{expected}"]
+
+
+# -- values YAML composes but cannot construct: problems, never a traceback ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            "shutdown_timeout: 2020-13-45",
+            "servers[0].shutdown_timeout: expected a duration like 250ms, 10s, 2m or a number of seconds, "
+            "got '2020-13-45', which YAML cannot read (month must be in 1..12)",
+        ),
+        (
+            "backlog: !custom 5",
+            "servers[0].backlog: expected an integer 1-65535, got '!custom 5', which YAML cannot read "
+            "(could not determine a constructor for the tag '!custom')",
+        ),
+        (
+            "backlog: !!int many",
+            "servers[0].backlog: expected an integer 1-65535, got 'many', which YAML cannot read "
+            "(invalid literal for int() with base 10: 'many')",
+        ),
+        (
+            "options: {when: 2020-02-30}",
+            "servers[0].options: expected a mapping of option names to values, got a mapping, which YAML "
+            "cannot read (day is out of range for month)",
+        ),
+        (
+            "options: &o {self: *o}",
+            "servers[0].options: expected a mapping of option names to values, got a mapping, which YAML cannot read "
+            "(found unconstructable recursive node)",
+        ),
+        (
+            "after: [!python/name:os.system x]",
+            "servers[0].after: expected a list of server names, got a list, which YAML cannot read "
+            "(could not determine a constructor for the tag '!python/name:os.system')",
+        ),
+    ],
+    ids=["bad-date", "unknown-tag", "bad-int", "bad-date-in-options", "recursive-options", "python-tag"],
+)
+def test_unconstructable_values_are_problems(tmp_path: Path, line: str, expected: str) -> None:
+    assert one_problem(tmp_path, server_with(line)) == f"5: {expected}"
+
+
+def test_reading_goes_on_after_an_unconstructable_value(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        servers:
+          - name: a
+            handler: {ECHO}
+            port: 1
+            options: &o {{self: *o}}
+          - name: b
+            handler: {ECHO}
+            port: 2
+            options: {{ok: true}}
+            backlog: huge
+        """,
+    )
+    problems = problems_of(path)
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{path}:5: servers[0].options: ")
+    assert problems[1] == f"{path}:10: servers[1].backlog: expected an integer 1-65535, got 'huge'"
