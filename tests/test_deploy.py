@@ -1,0 +1,79 @@
+"""deploy/ is checked by the tools that will read it: systemd-analyze, kubernetes-validate, promtool."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from supervisor.config import load_config
+from supervisor.plan import make_plan
+from tests.proc import REPO
+
+DEPLOY = REPO / "deploy"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing on CI: .ci/run must install it")
+        pytest.skip(f"{name} is not installed here")
+    return path
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    unit = (DEPLOY / "systemd" / "supervisor.service").read_text()
+    # systemd-analyze checks that ExecStart exists: point it at this checkout's install
+    exe = Path(sys.executable).parent
+    unit = unit.replace("/opt/supervisor/.venv/bin", str(exe)).replace(
+        "/etc/supervisor/prod.yaml", str(REPO / "configs" / "prod.yaml")
+    )
+    (tmp_path / "supervisor.service").write_text(unit)
+    result = subprocess.run(
+        [tool("systemd-analyze"), "verify", str(tmp_path / "supervisor.service")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_systemd_stop_timeout_outlasts_the_supervisors_own_bound() -> None:
+    unit = (DEPLOY / "systemd" / "supervisor.service").read_text()
+    stop = next(line for line in unit.splitlines() if line.startswith("TimeoutStopSec="))
+    assert (
+        float(stop.removeprefix("TimeoutStopSec=").removesuffix("s"))
+        > load_config(REPO / "configs" / "prod.yaml").supervisor.shutdown_timeout
+    )
+    assert "Type=notify" in unit
+    assert "RestartPreventExitStatus=2" in unit  # a bad config is not retried
+
+
+def test_kubernetes_manifests_validate() -> None:
+    result = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", str(DEPLOY / "kubernetes" / "supervisor.yaml")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kubernetes_configmap_is_the_sample_config_and_plans() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "supervisor.yaml").read_text()))
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    sample = REPO / "configs" / "kubernetes.yaml"
+    assert configmap["data"]["prod.yaml"] == sample.read_text()
+    plan = make_plan(load_config(sample))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > plan.supervisor.shutdown_timeout + pre_stop
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {**{s.name: s.port for s in plan.servers}, "metrics": plan.metrics.port}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
