@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
 
 from supervisor import __version__
 from supervisor.config import load_config
-from supervisor.errors import ConfigError, GaveUp
+from supervisor.errors import ConfigError, GaveUp, SupervisorError
 from supervisor.plan import Plan, make_plan
 
 EXIT_OK = 0
@@ -29,7 +30,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     check = sub.add_parser("check", help="validate CONFIG and print the plan; exit 0 or 2")
     check.add_argument("config", help="path to the YAML config")
+    _add_ctl(sub)
     return parser
+
+
+def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from supervisor import ctl
+
+    p = sub.add_parser(
+        "ctl",
+        help="run one console command against a running supervisor; exit 0, or 1 if it failed",
+        description="Run one console command (through the telnet console) and print plain text.",
+    )
+    p.add_argument("action", choices=ctl.ACTIONS, help="what to do")
+    p.add_argument("name", nargs="?", help="the server (restart, stop, start)")
+    p.add_argument("-c", "--config", help="read console.host and console.port from this config")
+    p.add_argument("--host", help=f"console host (default {ctl.DEFAULT_HOST})")
+    p.add_argument("--port", type=int, help=f"console port (default {ctl.DEFAULT_PORT})")
+    p.add_argument("--json", action="store_true", help="print JSON (status: the whole tree)")
+    p.add_argument("--timeout", type=float, default=ctl.DEFAULT_TIMEOUT, help="seconds to wait in all")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,8 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage error
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    if args.command == "ctl":
+        return run_ctl(args)
     try:
-        plan = make_plan(load_config(args.config))
+        plan = _load(args.config)
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
@@ -54,17 +75,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(plan)
 
 
+def _load(path: str) -> Plan:
+    """Config -> plan, with the views' own checks (console.host) reported alongside the plan's."""
+    from supervisor.views import view_problems
+
+    config = load_config(path)
+    problems = view_problems(config)
+    try:
+        plan = make_plan(config)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return plan
+
+
 def run(plan: Plan) -> int:
     from supervisor.app import run_plan
+    from supervisor.views import enabled_views
 
+    views = enabled_views(plan)
     try:
         if plan.supervisor.loop == "uvloop":
             import uvloop
 
-            uvloop.run(run_plan(plan))
+            uvloop.run(run_plan(plan, views))
         else:
-            asyncio.run(run_plan(plan))
+            asyncio.run(run_plan(plan, views))
     except GaveUp as exc:
+        LOGGER.critical("exit 1: %s", exc)
+        return EXIT_FAILURE
+    except SupervisorError as exc:  # a view could not start (port taken): nothing was served
         LOGGER.critical("exit 1: %s", exc)
         return EXIT_FAILURE
     except Exception:
@@ -72,6 +113,46 @@ def run(plan: Plan) -> int:
         return EXIT_FAILURE
     LOGGER.info("exit 0")
     return EXIT_OK
+
+
+def run_ctl(args: argparse.Namespace) -> int:
+    """``supervisor ctl``: 0 when the command succeeded, 1 when it failed or no console answered, 2 on usage."""
+    from supervisor import ctl
+
+    if args.action in ("restart", "stop", "start") and not args.name:
+        print(
+            f"supervisor ctl: '{args.action}' needs a server name, e.g. supervisor ctl {args.action} echo",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.action in ("status", "shutdown") and args.name:
+        print(f"supervisor ctl: '{args.action}' takes no server name", file=sys.stderr)
+        return EXIT_USAGE
+    host, port = ctl.DEFAULT_HOST, ctl.DEFAULT_PORT
+    if args.config:
+        try:
+            console = load_config(args.config).console
+        except ConfigError as exc:
+            for line in exc.problems:
+                print(line, file=sys.stderr)
+            return EXIT_USAGE
+        host, port = console.host, console.port
+    host, port = args.host or host, args.port or port
+    try:
+        reply = ctl.run(args.action, args.name, host=host, port=port, as_json=args.json, timeout=args.timeout)
+    except ctl.ConsoleUnavailable as exc:
+        print(f"supervisor ctl: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    text = reply.text
+    if args.json and args.action != "status":
+        text = json.dumps({"ok": reply.ok, "action": args.action, "server": args.name, "message": reply.text})
+    if reply.ok:
+        print(text)
+        return EXIT_OK
+    if args.json:
+        print(text)
+    print(f"supervisor ctl: {reply.text}", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def _setup_logging(level: str) -> None:

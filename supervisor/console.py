@@ -1,0 +1,376 @@
+"""The operator console: aiomonitor on ``console.host:port`` (telnet; its web UI on port + 1) with supervisor commands.
+
+``status``, ``restart NAME``, ``stop NAME``, ``start NAME``, ``shutdown``, plus aiomonitor's own (``ps``, ``where``,
+``stacktrace``, ``help``...). aiomonitor runs its telnet server on a thread with its own event loop, so the
+command bodies never touch the tree: they read ``Supervisor.snapshot()`` (immutable) and the plain-int
+``ServerStats``, and they *post* control requests with ``Supervisor.submit()``, which the supervisor's loop runs.
+
+A hidden ``ctl NONCE ACTION [NAME] [--json]`` command answers ``supervisor ctl`` with one framed line,
+``ctl-result NONCE {"ok": ..., "text": ...}``, so the client needs no screen scraping (see ctl.py).
+
+Resource handling: the monitor is started and closed from short-lived daemon threads with a deadline. aiomonitor
+blocks forever in ``start()`` if its UI thread dies before it is ready, and ``close()`` joins a thread that can wait
+on an open REPL session (platform-facts P3, P4): neither may hang the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import warnings
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import click
+from aiohttp.web_exceptions import NotAppKeyWarning
+
+from supervisor.errors import ConfigError
+from supervisor.plan import Plan
+from supervisor.state import ChildState, TreeSnapshot
+from supervisor.supervisor import CONTROL_TIMEOUT, Supervisor
+from supervisor.views import ViewError, check_ports_free, is_loopback, port_is_free, readiness
+
+with warnings.catch_warnings():
+    # aiomonitor 0.7.1 imports click.parser.split_arg_string, deprecated in Click 8.2 (P10); pinned click<9
+    warnings.filterwarnings("ignore", "Importing 'parser.split_arg_string' is deprecated", DeprecationWarning)
+    import aiomonitor
+    from aiomonitor.termui.commands import auto_async_command_done, auto_command_done, custom_help_option
+
+LOGGER = logging.getLogger("supervisor")
+
+START_TIMEOUT = 5.0  # aiomonitor starts in 1-2 ms; past this its UI thread died (P4, P11)
+CLOSE_TIMEOUT = 5.0  # it closes in 1-10 ms; past this a session is stuck and the thread is left behind
+CTL_RESULT = "ctl-result"
+PROMPT = "supervisor >>> "
+ACTIONS = ("status", "restart", "stop", "start", "shutdown")
+QUIET_LOGGERS = ("prompt_toolkit.contrib.telnet", "aiomonitor.monitor")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _typed(decorator: object) -> Callable[[F], F]:
+    return cast(Callable[[F], F], decorator)
+
+
+# aiomonitor is untyped; these keep mypy --strict honest about what the decorators do
+_done = _typed(auto_command_done)
+_async_done = _typed(auto_async_command_done)
+_help = _typed(custom_help_option)
+
+
+def _command(name: str, *, hidden: bool = False, doc: str | None = None) -> Callable[[F], F]:
+    return _typed(aiomonitor.monitor_cli.command(name=name, hidden=hidden, help=doc))
+
+
+class SupervisorMonitor(aiomonitor.Monitor):  # type: ignore[misc]  # aiomonitor is untyped
+    """The monitor, knowing which supervisor its commands act on (several may run in one test process)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, supervisor: Supervisor, **kwargs: Any) -> None:
+        super().__init__(loop, **kwargs)
+        self.supervisor = supervisor
+        self.prompt = PROMPT
+
+
+# -- what the commands do (UI thread) -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    text: str
+
+
+def status_rows(supervisor: Supervisor) -> list[dict[str, Any]]:
+    """One dict per server: the snapshot plus the live counters. Safe on any thread."""
+    snap = supervisor.snapshot()
+    now = _now(supervisor)
+    stats = {c.plan.name: c.stats for c in supervisor.children}
+    rows = []
+    for c in snap.children:
+        s = stats.get(c.name)
+        uptime = None
+        if c.state is ChildState.RUNNING and c.started_at is not None and now is not None:
+            uptime = round(max(0.0, now - c.started_at), 3)
+        rows.append(
+            {
+                "name": c.name,
+                "state": c.state.value,
+                "address": c.address,
+                "restart": c.restart,
+                "uptime_seconds": uptime,
+                "generation": c.generation,
+                "restarts": c.restarts,
+                "connections_active": s.active if s else 0,
+                "connections_total": s.total if s else 0,
+                "handler_errors": s.handler_errors if s else 0,
+                "last_error": c.last_error,
+            }
+        )
+    return rows
+
+
+def status_json(supervisor: Supervisor) -> str:
+    snap = supervisor.snapshot()
+    ready, why = readiness(supervisor, snap)
+    tree = {"ready": ready, "not_ready_because": why or None, "shutting_down": snap.shutting_down}
+    return json.dumps({**tree, "servers": status_rows(supervisor)})
+
+
+STATUS_HEAD = ("server", "state", "address", "uptime", "restarts", "conns", "last error")
+
+
+def status_table(supervisor: Supervisor) -> list[str]:
+    """The ``status`` table: one row per server in start order, space-aligned, ``-`` for empty cells.
+
+    Stable for scripts: columns never contain spaces except the last (``last error``), so
+    ``awk '{print $1, $2}'`` works; ``conns`` is ``active/total``. The last line sums up the tree.
+    """
+    snap = supervisor.snapshot()
+    rows = [
+        (
+            r["name"],
+            r["state"],
+            r["address"] or "-",
+            format_duration(r["uptime_seconds"]),
+            str(r["restarts"]),
+            f"{r['connections_active']}/{r['connections_total']}",
+            r["last_error"] or "-",
+        )
+        for r in status_rows(supervisor)
+    ]
+    widths = [max(len(row[i]) for row in [STATUS_HEAD, *rows]) for i in range(len(STATUS_HEAD))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*STATUS_HEAD).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+    lines.append(f"supervisor: {_summary(supervisor, snap)}")
+    return lines
+
+
+def _summary(supervisor: Supervisor, snap: TreeSnapshot) -> str:
+    running = sum(c.state is ChildState.RUNNING for c in snap.children)
+    ready, why = readiness(supervisor, snap)
+    state = "ready" if ready else why if snap.shutting_down else f"not ready ({why})"
+    return f"{state}, {running}/{len(snap.children)} server(s) running"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _now(supervisor: Supervisor) -> float | None:
+    # On the UI thread the running loop is aiomonitor's: its time() is the same monotonic clock as the
+    # supervisor loop's (asyncio and uvloop both read CLOCK_MONOTONIC), so uptimes computed here are right.
+    try:
+        return supervisor.now()
+    except RuntimeError:
+        return None
+
+
+async def execute(supervisor: Supervisor, action: str, name: str | None, *, as_json: bool = False) -> Outcome:
+    """Run one action from the UI thread. Control actions are posted to the supervisor's loop, never done here."""
+    if action == "status":
+        return Outcome(True, status_json(supervisor) if as_json else "\n".join(status_table(supervisor)))
+    if action not in ACTIONS:
+        return Outcome(False, f"unknown action '{action}'; expected one of: {', '.join(ACTIONS)}")
+    if action != "shutdown" and not name:
+        return Outcome(False, f"'{action}' needs a server name")
+    try:
+        future = supervisor.submit(action, name)
+    except (AssertionError, RuntimeError):  # not started yet, or its loop is gone
+        return Outcome(False, "the supervisor is not running")
+    try:
+        text = await asyncio.wait_for(asyncio.wrap_future(future), CONTROL_TIMEOUT + 5.0)
+    except ValueError as exc:  # a bad name, or a request during shutdown: the supervisor says why
+        return Outcome(False, str(exc))
+    except TimeoutError:
+        return Outcome(False, f"{action} {name}: no answer within {CONTROL_TIMEOUT:g}s; see the log")
+    except Exception as exc:  # noqa: BLE001 - report whatever went wrong to the operator, keep the session
+        return Outcome(False, f"{action} {name}: {type(exc).__name__}: {exc}")
+    return Outcome(_succeeded(supervisor, action, name), text)
+
+
+def _succeeded(supervisor: Supervisor, action: str, name: str | None) -> bool:
+    if action == "shutdown":
+        return True
+    child = supervisor.snapshot().child(name or "")
+    if child is None:
+        return False
+    if action == "stop":
+        return child.state in (ChildState.STOPPED, ChildState.FAILED)
+    return child.state is ChildState.RUNNING
+
+
+# -- the commands (registered once on aiomonitor's global click group; ctx.obj is the Monitor) ------------------------
+
+
+def _supervisor(ctx: click.Context) -> Supervisor | None:
+    sup = getattr(ctx.obj, "supervisor", None)
+    return sup if isinstance(sup, Supervisor) else None
+
+
+def _echo_outcome(outcome: Outcome) -> None:
+    for line in outcome.text.splitlines() or [""]:
+        click.echo(line if outcome.ok else f"error: {line}")
+
+
+def _spawn(
+    ctx: click.Context, action: str, name: str | None, show: Callable[[Outcome], None], *, as_json: bool = False
+) -> None:
+    """Run ``action`` as a task on the UI loop (like aiomonitor's ``cancel``); it marks the command done."""
+    monitor = ctx.obj
+    sup = _supervisor(ctx)
+
+    @_async_done
+    async def run(ctx: click.Context) -> None:
+        if sup is None:
+            show(Outcome(False, "this monitor does not belong to a supervisor"))
+            return
+        show(await execute(sup, action, name, as_json=as_json))
+
+    monitor._termui_tasks.add(monitor._ui_loop.create_task(run(ctx)))
+
+
+@_command("status")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
+@_help
+@_done
+def _status(ctx: click.Context, as_json: bool) -> None:
+    """Show every server: state, address, uptime, restarts, connections, last error"""
+    sup = _supervisor(ctx)
+    if sup is None:
+        click.echo("error: this monitor does not belong to a supervisor")
+        return
+    for line in [status_json(sup)] if as_json else status_table(sup):
+        click.echo(line)
+
+
+def _control_command(action: str, doc: str) -> None:
+    @_command(action, doc=doc)
+    @click.argument("name")
+    @_help
+    def command(ctx: click.Context, name: str) -> None:
+        _spawn(ctx, action, name, _echo_outcome)
+
+
+_control_command("restart", "Restart a server (its port stays open; old connections drain)")
+_control_command("stop", "Stop a server and close its port until 'start'")
+_control_command("start", "Start a stopped or failed server")
+
+
+@_command("shutdown")
+@_help
+def _shutdown(ctx: click.Context) -> None:
+    """Shut the supervisor down in order (like SIGTERM)"""
+    _spawn(ctx, "shutdown", None, _echo_outcome)
+
+
+@_command("ctl", hidden=True)
+@click.argument("nonce")
+@click.argument("action")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@_help
+def _ctl(ctx: click.Context, nonce: str, action: str, name: str | None, as_json: bool) -> None:
+    """Machine interface for `supervisor ctl`: one framed JSON line per request"""
+
+    def show(outcome: Outcome) -> None:
+        click.echo(f"{CTL_RESULT} {nonce} " + json.dumps({"ok": outcome.ok, "text": outcome.text}))
+
+    _spawn(ctx, action, name, show, as_json=as_json)
+
+
+# -- the view -----------------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def console_view(plan: Plan, supervisor: Supervisor) -> AsyncIterator[SupervisorMonitor]:
+    """The view ``app.run_plan`` enters: the console for the supervisor's whole life."""
+    spec = plan.console
+    if not is_loopback(spec.host):
+        if not spec.allow_remote:  # the CLI reports this with its line number before anything starts
+            raise ConfigError(
+                [f"{plan.source}: console.host: '{spec.host}' is not loopback; set console.allow_remote: true"]
+            )
+        LOGGER.warning(
+            "console on %s:%d accepts remote connections (console.allow_remote): anyone who can reach it can stop "
+            "servers, and its web UI on port %d can cancel tasks; there is no authentication",
+            spec.host, spec.port, spec.port + 1,
+        )  # fmt: skip
+    ports = (spec.port, spec.port + 1, spec.port + 2) if spec.repl else (spec.port, spec.port + 1)
+    check_ports_free(spec.host, ports, "console")
+    loop = asyncio.get_running_loop()
+    monitor = SupervisorMonitor(
+        loop,
+        supervisor,
+        host=spec.host,
+        termui_port=spec.port,
+        webui_port=spec.port + 1,
+        console_port=spec.port + 2,  # bound only while a REPL session is open
+        console_enabled=spec.repl,
+        hook_task_factory=False,  # breaks every create_task under uvloop on 3.13 (P12)
+        locals={"__name__": "__console__", "supervisor": supervisor, "snapshot": supervisor.snapshot},
+    )
+    # the web UI triggers aiohttp's NotAppKeyWarning on its thread; with -W error it would kill the thread (P11)
+    warnings.filterwarnings("ignore", category=NotAppKeyWarning)
+    for noisy in QUIET_LOGGERS:  # five INFO lines per telnet session; our own lines say what matters
+        if logging.getLogger(noisy).level == logging.NOTSET:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not await _in_thread(monitor.start, START_TIMEOUT, "console-start"):
+        raise ViewError(f"console: aiomonitor did not start within {START_TIMEOUT:g}s on {spec.host}:{spec.port}")
+    monitor._event_loop_thread_id = threading.get_ident()  # `stacktrace` shows this thread, not the starter
+    try:
+        if port_is_free(spec.host, spec.port):  # aiomonitor skips a telnet port it cannot bind, silently (P4)
+            raise ViewError(f"console: the telnet server did not start on {spec.host}:{spec.port}")
+        LOGGER.info(
+            "console listening on telnet://%s:%d (web UI http://%s:%d)", spec.host, spec.port, spec.host, spec.port + 1
+        )
+        yield monitor
+    finally:
+        if await _in_thread(monitor.close, CLOSE_TIMEOUT, "console-close"):
+            LOGGER.info("console closed")
+        else:
+            LOGGER.warning("console did not close within %.1fs; leaving its thread behind", CLOSE_TIMEOUT)
+
+
+async def _in_thread(fn: Callable[[], None], timeout: float, name: str) -> bool:
+    """Run ``fn`` on a daemon thread; False if it is still running after ``timeout`` (it is then abandoned).
+
+    Not ``asyncio.to_thread``: a stuck call would then hold up the loop's executor shutdown at exit.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if not done.done():
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+    def target() -> None:
+        error: BaseException | None = None
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which raises it
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed while we were stuck: nobody waits any more
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    try:
+        await asyncio.wait_for(asyncio.shield(done), timeout)
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,83 @@
+"""Helpers for tests that drive real things: free loopback ports, external tools, configs on disk.
+
+Subprocesses of ``supervisor run`` are started with ``tests.proc.SupervisorProcess``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from supervisor.app import View
+from supervisor.plan import Plan
+from supervisor.supervisor import Supervisor
+from supervisor.views import port_is_free
+
+DEADLINE = 10.0
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str) -> str:
+    """The tool's path. Locally a missing tool skips the test (with the reason); in CI (CI=true) it fails it."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install --no-install-recommends prometheus telnet tmux)"
+        if IN_CI:
+            pytest.fail(f"{message}; CI must run this test", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return int(s.getsockname()[1])
+
+
+def free_port_run(count: int) -> int:
+    """A port P with P .. P+count-1 all free on 127.0.0.1 (the console takes port and port + 1, + 2 for a REPL).
+
+    aiomonitor cannot bind port 0 and report it, so this is the one place tests pick ports; the window
+    between here and the bind is a few milliseconds, and the console refuses a taken port with a clear error.
+    """
+    for _ in range(200):
+        base = free_port()
+        if base + count <= 65535 and all(port_is_free("127.0.0.1", base + i) for i in range(1, count)):
+            return base
+    raise AssertionError(f"no run of {count} free ports found")
+
+
+def write_config(tmp_path: Path, text: str, name: str = "supervisor.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def served(plan: Plan, *views: View) -> AsyncIterator[tuple[Supervisor, list[object]]]:
+    """Like ``app.run_plan`` without signal handlers: enter ``views``, serve until the block ends, stop in order.
+
+    Yields the supervisor (ready) and what each view yielded.
+    """
+    sup = Supervisor(plan)
+    async with contextlib.AsyncExitStack() as stack:
+        entered = [await stack.enter_async_context(view(plan, sup)) for view in views]
+        task = asyncio.create_task(sup.serve(), name="supervisor")
+        try:
+            async with asyncio.timeout(DEADLINE):
+                await asyncio.wait((sup.ready, task), return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                task.result()  # raises what went wrong at startup
+            yield sup, entered
+        finally:
+            sup.request_stop("test")
+            async with asyncio.timeout(DEADLINE + 30):
+                await asyncio.wait((task,))

@@ -1,0 +1,281 @@
+"""The console in-process, driven over real telnet: a raw socket doing the negotiation (supervisor.ctl.ConsoleClient).
+
+The client is blocking, so it runs on a worker thread while the supervisor's loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from supervisor import console
+from supervisor.console import PROMPT, console_view, format_duration
+from supervisor.ctl import ConsoleClient, Reply
+from supervisor.errors import ConfigError
+from supervisor.metrics import metrics_view
+from supervisor.plan import Plan
+from supervisor.state import ChildState
+from supervisor.supervisor import Supervisor
+from supervisor.views import ViewError, is_loopback, view_problems
+from tests.e2e_util import free_port_run, served, write_config
+from tests.helpers import ask, plan_from, port_of, wait_state
+from tests.proc import SupervisorProcess
+
+from supervisor.config import load_config  # isort: skip
+
+
+def _plan(tmp_path: Path, port: int, extra: str = "") -> Plan:
+    return plan_from(
+        tmp_path,
+        f"""
+        metrics: {{enabled: false}}
+        console: {{port: {port}{extra}}}
+        servers:
+          - {{name: alpha, handler: "tests.apps:lines", port: 0}}
+          - {{name: beta, handler: "tests.apps:lines", port: 0, after: [alpha]}}
+        """,
+    )
+
+
+def _type(port: int, *lines: tuple[str, str]) -> list[str]:
+    """Log in, then for each (line, pattern): type the line and wait for the pattern. Returns each answer."""
+    answers = []
+    with ConsoleClient("127.0.0.1", port, timeout=15) as c:
+        c.wait_prompt()
+        for line, pattern in lines:
+            start = c.send_line(line)
+            c.wait_for(pattern, start)
+            c.wait_prompt(start)  # the command is done when the next prompt is drawn
+            answers.append(c.text(start))
+    return answers
+
+
+def _request(port: int, action: str, name: str | None = None, *, as_json: bool = False) -> Reply:
+    with ConsoleClient("127.0.0.1", port, timeout=15) as c:
+        c.wait_prompt()
+        return c.request(action, name, as_json=as_json)
+
+
+async def test_status_shows_every_server(tmp_path: Path) -> None:
+    port = free_port_run(2)
+    async with served(_plan(tmp_path, port), console_view) as (sup, _):
+        await ask(port_of(sup, "alpha"), b"hi")
+        (out,) = await asyncio.to_thread(_type, port, ("status", r"supervisor: ready"))
+    rows = [line.split() for line in out.splitlines() if line.startswith(("server ", "alpha ", "beta "))]
+    assert rows[0] == ["server", "state", "address", "uptime", "restarts", "conns", "last", "error"]
+    assert rows[1][:2] == ["alpha", "running"]
+    assert rows[1][2] == f"127.0.0.1:{port_of(sup, 'alpha')}"
+    assert rows[1][3].endswith("s")  # uptime, e.g. 0.4s
+    assert rows[1][4:] == ["0", "0/1", "-"]  # restarts, active/total connections, last error
+    assert rows[2][:2] == ["beta", "running"]
+    assert "supervisor: ready, 2/2 server(s) running" in out
+
+
+async def test_restart_from_the_console(tmp_path: Path) -> None:
+    port = free_port_run(2)
+    async with served(_plan(tmp_path, port), console_view) as (sup, _):
+        before = port_of(sup, "alpha")
+        ok, bad = await asyncio.to_thread(
+            _type, port, ("restart alpha", r"restarted alpha"), ("restart nope", r"error: no server named 'nope'")
+        )
+        child = sup.snapshot().child("alpha")
+        assert child is not None
+        assert (child.state, child.generation, child.restarts) == (ChildState.RUNNING, 2, 1)
+        assert port_of(sup, "alpha") == before  # the kept socket
+        assert await ask(before, b"who") == b"alpha#2\n"
+    assert f"restarted alpha (127.0.0.1:{before})" in ok
+    assert "servers: alpha, beta" in bad
+
+
+async def test_stop_start_and_status_json_through_ctl_requests(tmp_path: Path) -> None:
+    port = free_port_run(2)
+    async with served(_plan(tmp_path, port), console_view) as (sup, _):
+        stopped = await asyncio.to_thread(_request, port, "stop", "beta")
+        assert stopped == Reply(True, "stopped beta")
+        assert sup.snapshot().child("beta").state is ChildState.STOPPED  # type: ignore[union-attr]
+        status = await asyncio.to_thread(_request, port, "status", as_json=True)
+        started = await asyncio.to_thread(_request, port, "start", "beta")
+        unknown = await asyncio.to_thread(_request, port, "restart", "gamma")
+        missing = await asyncio.to_thread(_request, port, "stop")
+    tree = json.loads(status.text)
+    assert status.ok
+    assert tree["ready"] is False
+    assert tree["shutting_down"] is False
+    assert [(s["name"], s["state"]) for s in tree["servers"]] == [("alpha", "running"), ("beta", "stopped")]
+    assert set(tree["servers"][0]) >= {"address", "uptime_seconds", "restarts", "connections_active", "last_error"}
+    assert started.ok
+    assert started.text.startswith("started beta (127.0.0.1:")
+    assert unknown == Reply(False, "no server named 'gamma'; servers: alpha, beta")
+    assert missing == Reply(False, "'stop' needs a server name")
+
+
+async def test_shutdown_from_the_console(tmp_path: Path) -> None:
+    port = free_port_run(2)
+    plan = _plan(tmp_path, port)
+    sup = Supervisor(plan)
+    async with console_view(plan, sup):
+        task = asyncio.create_task(sup.serve())
+        await sup.ready
+        reply = await asyncio.to_thread(_request, port, "shutdown")
+        async with asyncio.timeout(10):
+            await task  # serve() returns: the ordered shutdown ran
+    assert reply == Reply(True, "shutting down")
+    assert sup.stop_reason == "control: shutdown"
+
+
+async def test_commands_before_the_supervisor_runs(tmp_path: Path) -> None:
+    port = free_port_run(2)
+    plan = _plan(tmp_path, port)
+    async with console_view(plan, Supervisor(plan)):
+        reply = await asyncio.to_thread(_request, port, "restart", "alpha")
+        (status,) = await asyncio.to_thread(_type, port, ("status", r"supervisor: not ready"))
+    assert reply == Reply(False, "the supervisor is not running")
+    assert re.search(r"alpha\s+stopped\s+127\.0\.0\.1:0\s+-\s+0\s+0/0\s+-", status)
+
+
+async def test_help_lists_the_supervisor_commands(tmp_path: Path) -> None:
+    port = free_port_run(2)
+    plan = _plan(tmp_path, port)
+    async with console_view(plan, Supervisor(plan)):
+        (out,) = await asyncio.to_thread(_type, port, ("help", r"shutdown .*\n"))
+        (restart_help,) = await asyncio.to_thread(_type, port, ("restart --help", r"Usage: restart"))
+    for command in ("status", "restart", "stop", "start", "shutdown", "ps", "where"):
+        assert re.search(rf"^\s+{command}\b", out, re.MULTILINE), command
+    assert not re.search(r"^\s+ctl\b", out, re.MULTILINE)  # the machine interface is hidden
+    assert "Restart a server" in restart_help
+
+
+def test_shutdown_does_not_hang_with_a_repl_session_open(tmp_path: Path) -> None:
+    """aiomonitor's close() deadlocks on the app loop while a REPL session is open (P3): ours must not."""
+    port = free_port_run(3)
+    config = write_config(
+        tmp_path,
+        f"""
+        metrics: {{enabled: false}}
+        console: {{port: {port}, repl: true}}
+        servers:
+          - {{name: alpha, handler: "tests.apps:lines", port: 0}}
+        """,
+    )
+    with SupervisorProcess(config) as sp:
+        sp.ready()
+        with contextlib.closing(ConsoleClient("127.0.0.1", port, timeout=15)) as client:
+            client.connect()
+            client.wait_prompt()
+            client.wait_for(r"---\s+>>> ", client.send_line("console"))  # the REPL runs on the supervisor's loop
+            answer = client.send_line("[c.state.value for c in snapshot().children]")
+            client.wait_for(r"\['running'\]", answer)
+            stopping = time.monotonic()
+            sp.signal(signal.SIGTERM)
+            assert sp.wait(timeout=15) == 0
+            took = time.monotonic() - stopping
+            client.wait_closed()
+    assert took < console.CLOSE_TIMEOUT
+    sp.wait_for(r"INFO supervisor: console closed")
+
+
+async def test_the_repl_is_off_by_default(tmp_path: Path) -> None:
+    port = free_port_run(2)
+    plan = _plan(tmp_path, port)
+    async with console_view(plan, Supervisor(plan)):
+        (out,) = await asyncio.to_thread(_type, port, ("console", r"Python console is disabled"))
+    assert "disabled" in out
+
+
+@pytest.mark.parametrize("taken", [0, 1], ids=["telnet-port", "web-ui-port"])
+async def test_a_taken_port_fails_fast(tmp_path: Path, taken: int) -> None:
+    port = free_port_run(2)
+    plan = _plan(tmp_path, port)
+    busy = rf"console: 127.0.0.1:{port + taken} is already in use"
+    with socket.create_server(("127.0.0.1", port + taken)), pytest.raises(ViewError, match=busy):
+        async with asyncio.timeout(10), console_view(plan, Supervisor(plan)):
+            pass
+
+
+def test_a_remote_console_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        console:
+          port: 20101
+          host: 0.0.0.0
+        servers:
+          - {name: alpha, handler: "tests.apps:lines", port: 0}
+        """,
+    )
+    (problem,) = view_problems(load_config(path))
+    assert problem.startswith(f"{path}:4: console.host: '0.0.0.0' is not a loopback address")
+    assert "console.allow_remote: true" in problem
+    allowed = write_config(tmp_path, path.read_text().replace("port: 20101", "port: 20101\n  allow_remote: true"))
+    assert view_problems(load_config(allowed)) == []
+    disabled = write_config(tmp_path, path.read_text().replace("port: 20101", "port: 20101\n  enabled: false"))
+    assert view_problems(load_config(disabled)) == []
+
+
+async def test_console_view_refuses_a_remote_host_itself(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, 20101, ", host: 0.0.0.0")
+    with pytest.raises(ConfigError, match=r"console\.host: '0\.0\.0\.0' is not loopback"):
+        async with console_view(plan, Supervisor(plan)):
+            pass
+
+
+async def test_allow_remote_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port_run(2)
+    plan = _plan(tmp_path, port, ", allow_remote: true")
+    monkeypatch.setattr(console, "is_loopback", lambda host: False)  # bind loopback, take the remote path
+    with caplog.at_level(logging.INFO, logger="supervisor"):
+        async with console_view(plan, Supervisor(plan)):
+            pass
+    messages = [r.getMessage() for r in caplog.records if r.name == "supervisor"]
+    assert messages[0].startswith(f"console on 127.0.0.1:{port} accepts remote connections (console.allow_remote)")
+    assert messages[1:] == [
+        f"console listening on telnet://127.0.0.1:{port} (web UI http://127.0.0.1:{port + 1})",
+        "console closed",
+    ]
+
+
+def test_loopback_addresses() -> None:
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert is_loopback("localhost")
+    assert is_loopback("127.1.2.3")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("::")
+    assert not is_loopback("192.0.2.1")
+
+
+def test_durations_read_well() -> None:
+    assert [format_duration(s) for s in (None, 0.25, 59.9, 61, 3599, 3600 * 5 + 61, 86400 * 3 + 7200)] == [
+        "-", "0.2s", "59.9s", "1m01s", "59m59s", "5h01m", "3d02h",
+    ]  # fmt: skip
+
+
+async def test_console_and_metrics_together(tmp_path: Path) -> None:
+    """Both views in run_plan's order; the prompt is the supervisor's."""
+    port = free_port_run(2)
+    plan = plan_from(
+        tmp_path,
+        f"""
+        metrics: {{port: 0}}
+        console: {{port: {port}}}
+        servers:
+          - {{name: alpha, handler: "tests.apps:lines", port: 0}}
+        """,
+    )
+    async with served(plan, metrics_view, console_view) as (sup, _):
+        sup.request_stop("test")
+        await wait_state(sup, "alpha", ChildState.STOPPED)
+        (out,) = await asyncio.to_thread(_type, port, ("status", r"supervisor: shutting down"))
+    assert PROMPT in out
+    assert re.search(r"alpha\s+stopped", out)
