@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
-import socket
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +22,7 @@ from supervisor.supervisor import Supervisor
 from supervisor.views import port_is_free
 
 DEADLINE = 10.0
+PICK_FROM = 21000  # above the demo's fixed ports (8080, 8888, 9100, 20101-20103)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -38,21 +39,32 @@ def require_tool(name: str) -> str:
 
 
 def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        return int(s.getsockname()[1])
+    """A free port on 127.0.0.1 for a process we configure by number (Prometheus, a refused ctl)."""
+    return free_port_run(1)
 
 
 def free_port_run(count: int) -> int:
     """A port P with P .. P+count-1 all free on 127.0.0.1 (the console takes port and port + 1, + 2 for a REPL).
 
-    aiomonitor cannot bind port 0 and report it, so this is the one place tests pick ports; the window
-    between here and the bind is a few milliseconds, and the console refuses a taken port with a clear error.
+    aiomonitor cannot bind port 0 and report it, so tests pick its ports. They are picked below the
+    kernel's ephemeral range: a busy machine (a benchmark opening thousands of connections) fills that
+    range with client sockets, which a later listen would collide with. The window between this probe
+    and the bind is milliseconds, and the console refuses a taken port with a clear error.
     """
-    for _ in range(200):
-        base = free_port()
-        if base + count <= 65535 and all(port_is_free("127.0.0.1", base + i) for i in range(1, count)):
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(PICK_FROM, low - count)
+        if all(port_is_free("127.0.0.1", base + i) for i in range(count)):
             return base
-    raise AssertionError(f"no run of {count} free ports found")
+    raise AssertionError(f"no run of {count} free ports found in {PICK_FROM}-{low - 1}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def write_config(tmp_path: Path, text: str, name: str = "supervisor.yaml") -> Path:

@@ -12,6 +12,7 @@ import logging
 import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from supervisor.plan import Plan
 from supervisor.state import ChildState
 from supervisor.supervisor import Supervisor
 from supervisor.views import ViewError, is_loopback, view_problems
-from tests.e2e_util import free_port_run, served, write_config
+from tests.e2e_util import free_port_run, require_tool, served, write_config
 from tests.helpers import ask, plan_from, port_of, wait_state
 from tests.proc import SupervisorProcess
 
@@ -279,3 +280,49 @@ async def test_console_and_metrics_together(tmp_path: Path) -> None:
         (out,) = await asyncio.to_thread(_type, port, ("status", r"supervisor: shutting down"))
     assert PROMPT in out
     assert re.search(r"alpha\s+stopped", out)
+
+
+def test_debian_telnet_in_tmux(tmp_path: Path) -> None:
+    """What an operator does: `telnet 127.0.0.1 PORT`, type `status` and `restart alpha`, then `exit`."""
+    tmux, telnet = require_tool("tmux"), require_tool("telnet")
+    port = free_port_run(2)
+    config = write_config(
+        tmp_path,
+        f"""
+        metrics: {{enabled: false}}
+        console: {{port: {port}}}
+        servers:
+          - {{name: alpha, handler: "tests.apps:lines", port: 0}}
+        """,
+    )
+    sock = str(tmp_path / "tmux.sock")  # our own tmux server: no other session is touched
+
+    def tm(*args: str) -> str:
+        return subprocess.run([tmux, "-S", sock, *args], capture_output=True, text=True, timeout=10, check=True).stdout
+
+    def screen_shows(pattern: str) -> str:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            screen = tm("capture-pane", "-p", "-t", "mon", "-S", "-100")
+            if re.search(pattern, screen):
+                return screen
+            time.sleep(0.05)  # polling the pane with a deadline
+        raise AssertionError(f"{pattern!r} not on screen:\n{screen}")
+
+    with SupervisorProcess(config) as sp:
+        sp.ready()
+        # one tmux command line; remain-on-exit keeps the pane readable after telnet has quit
+        tm("new-session", "-d", "-s", "mon", "-x", "160", "-y", "50", f"{telnet} 127.0.0.1 {port}",
+           ";", "set-option", "-w", "-t", "mon", "remain-on-exit", "on")  # fmt: skip
+        try:
+            screen_shows(re.escape(PROMPT.strip()))  # tmux trims trailing spaces
+            tm("send-keys", "-t", "mon", "status", "Enter")
+            status = screen_shows(r"supervisor: ready, 1/1 server\(s\) running")
+            assert re.search(r"alpha\s+running\s+127\.0\.0\.1:\d+", status)
+            tm("send-keys", "-t", "mon", "restart alpha", "Enter")
+            screen_shows(r"restarted alpha \(127\.0\.0\.1:\d+\)")
+            sp.wait_for(r"server alpha listening on \S+ \(generation 2\)")
+            tm("send-keys", "-t", "mon", "exit", "Enter")
+            screen_shows(r"Connection closed by foreign host")
+        finally:
+            subprocess.run([tmux, "-S", sock, "kill-server"], capture_output=True, timeout=10)
