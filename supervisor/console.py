@@ -138,7 +138,7 @@ def status_table(supervisor: Supervisor) -> list[str]:
             format_duration(r["uptime_seconds"]),
             str(r["restarts"]),
             f"{r['connections_active']}/{r['connections_total']}",
-            r["last_error"] or "-",
+            " ".join(r["last_error"].split()) or "-",  # one line, whatever the exception said
         )
         for r in status_rows(supervisor)
     ]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import console
+from supervisor import cli, console
 from supervisor.console import PROMPT, console_view, format_duration
 from supervisor.ctl import ConsoleClient, Reply
 from supervisor.errors import ConfigError
@@ -326,3 +326,19 @@ def test_debian_telnet_in_tmux(tmp_path: Path) -> None:
             screen_shows(r"Connection closed by foreign host")
         finally:
             subprocess.run([tmux, "-S", sock, "kill-server"], capture_output=True, timeout=10)
+
+
+def test_check_and_run_refuse_a_remote_console(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(
+        tmp_path,
+        """
+        console: {host: 0.0.0.0}
+        servers:
+          - {name: alpha, handler: "tests.apps:lines", port: 0}
+        """,
+    )
+    for command in ("check", "run"):
+        assert cli.main([command, str(path)]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].startswith(f"{path}:2: console.host: '0.0.0.0' is not a loopback address")
+        assert err[1] == f"supervisor: 1 problem in {path}; nothing was started"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,8 +20,9 @@ from supervisor.plan import Plan
 from supervisor.state import DURATION_BUCKETS, ChildState
 from supervisor.supervisor import Supervisor
 from supervisor.views import ViewError, enabled_views
-from tests.e2e_util import free_port, require_tool, served
+from tests.e2e_util import free_port, require_tool, served, write_config
 from tests.helpers import ask, plan_from, port_of, wait_state
+from tests.proc import SupervisorProcess
 
 CONFIG = """
     metrics: {port: 0}
@@ -231,3 +233,22 @@ async def test_promtool_accepts_the_exposition(tmp_path: Path) -> None:
         subprocess.run, [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=30
     )
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+@pytest.mark.e2e
+def test_run_exits_1_when_the_metrics_port_is_taken(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = write_config(
+            tmp_path,
+            f"""
+            metrics: {{port: {port}}}
+            console: {{enabled: false}}
+            servers:
+              - {{name: alpha, handler: "tests.apps:lines", port: 0}}
+            """,
+        )
+        with SupervisorProcess(config) as sp:
+            assert sp.wait(timeout=30) == 1
+    sp.wait_for(rf"CRITICAL supervisor: exit 1: metrics: cannot listen on 127\.0\.0\.1:{port}: .*pick another")
+    assert "listening on" not in sp.output  # no server was started
