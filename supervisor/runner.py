@@ -1,13 +1,16 @@
-"""One generation of one server: enter the handler's lifespan, accept on a dup of the kept socket,
-track every connection, and drain them within a bound.
+"""Serving one configured server: its kept listener, and its generations with their connections.
 
-Why we track connections ourselves: ``Server.wait_closed()`` returns at once on 3.11 and uvloop, waits
-forever for idle clients on 3.12+, and ``close_clients()`` exists only on 3.13 (not on uvloop).
+``Listener``: the listening socket and one ``asyncio.Server`` on it for the server's whole life. Restarts
+never close it: each accepted connection goes to the generation accepting now, or waits (parked) for the
+next one. Closing a Server while an accept is under way makes asyncio drop that connection silently
+(``Server._attach`` asserts), so a restart must not close anything; closing for good is done with care.
 
-Lifecycle (one task per generation)::
+``Generation``: one start of the server: enter the handler's lifespan, take connections, and drain them
+within a bound. Why we track connections ourselves: ``Server.wait_closed()`` returns at once on 3.11 and
+uvloop, waits forever for idle clients on 3.12+, and ``close_clients()`` exists only on 3.13 (not uvloop).
 
-    enter lifespan -> start accepting -> ready(address) -> wait for stop or failure
-    -> stop accepting -> on_end(reason) -> wait for the drain budget -> drain -> exit lifespan -> wait_closed
+    enter lifespan -> attach to the listener -> ready(address) -> wait for stop or failure
+    -> detach -> on_end(reason) -> wait for the drain budget -> drain -> exit lifespan
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
-from typing import Any
+from asyncio.selector_events import BaseSelectorEventLoop
+from collections.abc import Callable, Iterable
+from typing import Any, SupportsIndex
 
 from supervisor.errors import StopServer
 from supervisor.handler import Handler, ServerContext, open_handler, set_current
@@ -27,35 +31,137 @@ LOGGER = logging.getLogger("supervisor")
 
 # After cancelling leftover handlers, how long they may take to unwind before we abandon them.
 CANCEL_GRACE = 1.0
-# Bound on Server.wait_closed() once our own connections are gone (3.12+ waits for transports).
-WAIT_CLOSED_GRACE = 1.0
+# Reads that frame the next message: a handler waiting in one with nothing buffered is between requests.
+# readexactly() is left alone: it is how handlers read a body they were promised.
+_BOUNDARY_READS = frozenset({"readuntil", "read"})
+# Errors that are the client's doing, not the server's: never a reason to restart a server.
+_CLIENT_ERRORS = (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
 
 Reason = BaseException | None  # None: stopped on request; StopServer: stopped itself; other: failure
 
 
 class _Reader(asyncio.StreamReader):
-    """A StreamReader that reads end-of-stream once its generation drains and it has nothing buffered.
+    """A StreamReader that reads end-of-stream once its generation drains, if it is between requests.
 
-    That is how an idle keep-alive connection leaves its handler loop by itself at shutdown, while a
-    handler in the middle of reading a request (bytes buffered) keeps its whole drain budget.
+    Between requests = waiting in readline/readuntil/read with nothing buffered. That is how an idle
+    keep-alive connection leaves its handler loop by itself at shutdown, while a handler in the middle
+    of a request (bytes buffered, or waiting in readexactly) keeps its whole drain budget.
     """
 
-    __slots__ = ("_draining",)
-
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop, draining: asyncio.Event) -> None:
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=limit, loop=loop)
-        self._draining = draining
+        self.draining: asyncio.Event | None = None  # the generation's, set when it takes the connection
+        self._reading = ""  # the read waiting for data now, if any
 
     async def _wait_for_data(self, func_name: str) -> None:
-        if self._draining.is_set() and not self._buffer:  # type: ignore[attr-defined]
+        if not self._buffer and func_name in _BOUNDARY_READS and self.draining and self.draining.is_set():  # type: ignore[attr-defined]
             self.feed_eof()
             return  # every caller re-checks _eof after waiting and reports end-of-stream
-        await super()._wait_for_data(func_name)  # type: ignore[misc]
+        self._reading = func_name
+        try:
+            await super()._wait_for_data(func_name)  # type: ignore[misc]
+        finally:
+            self._reading = ""
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        # Bytes arriving after an end-of-stream we injected: the handler has finished; drop them
+        # (StreamReader asserts otherwise, and the loop would abort the connection mid-goodbye).
+        if not self._eof:  # type: ignore[attr-defined]
+            super().feed_data(data)
 
     def eof_if_idle(self) -> None:
-        # a read is pending (a waiter exists) and nothing is buffered: the handler waits for a new request
-        if self._waiter is not None and not self._buffer:  # type: ignore[attr-defined]
+        if self._reading in _BOUNDARY_READS and not self._buffer:  # type: ignore[attr-defined]
             self.feed_eof()
+
+
+class Listener:
+    """The kept listening socket of one server and the one asyncio.Server accepting on it."""
+
+    def __init__(self, plan: ServerPlan, sock: socket.socket) -> None:
+        self.plan = plan
+        self.sock = sock
+        host, port = sock.getsockname()[:2]
+        self.address: tuple[str, int] = (host, port)
+        self.current: Generation | None = None
+        self._next: asyncio.Future[Generation | None] | None = None
+        self._server: asyncio.Server | None = None
+        self._closed = False
+
+    @classmethod
+    def bind(cls, plan: ServerPlan) -> Listener:
+        infos = socket.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        sock = socket.create_server((plan.host, plan.port), family=infos[0][0], backlog=plan.backlog)
+        sock.setblocking(False)
+        return cls(plan, sock)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._make_protocol, sock=self.sock, backlog=self.plan.backlog)
+
+    def attach(self, gen: Generation) -> None:
+        self.current = gen
+        if self._next is not None:
+            self._next.set_result(gen)
+            self._next = None
+
+    def detach(self, gen: Generation) -> None:
+        if self.current is gen:
+            self.current = None
+
+    def close(self) -> None:
+        """Stop accepting for good (idempotent), without dropping a connection accepted this instant."""
+        if self._closed:
+            return
+        self._closed = True
+        self.current = None
+        if self._next is not None:
+            self._next.set_result(None)  # parked connections are closed
+            self._next = None
+        server = self._server
+        if server is None:
+            self.sock.close()
+            return
+        loop = server.get_loop()
+        if isinstance(loop, BaseSelectorEventLoop):
+            loop.remove_reader(self.sock.fileno())  # no new accepts from here on
+            # Accepts already under way attach to the Server in their task's first step, within the
+            # next iteration; closing it before then makes asyncio drop them. uvloop has no such gap.
+            loop.call_soon(loop.call_soon, self._close_now)
+        else:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.sock.close()
+
+    async def wait_closed(self, timeout: float) -> None:
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), timeout)
+            except TimeoutError:
+                LOGGER.warning("server %s: wait_closed() did not return within %.1fs", self.plan.name, timeout)
+
+    # -- the per-connection path: keep it lean ------------------------------------------------------------------
+
+    def _make_protocol(self) -> asyncio.StreamReaderProtocol:
+        loop = asyncio.get_running_loop()
+        return asyncio.StreamReaderProtocol(_Reader(2**16, loop), self._dispatch, loop=loop)  # type: ignore[arg-type]
+
+    async def _dispatch(self, reader: _Reader, writer: asyncio.StreamWriter) -> None:
+        gen = self.current
+        if gen is None:
+            # restarting: the connection waits for the next generation instead of being refused
+            if self._closed:
+                writer.transport.abort()
+                return
+            if self._next is None:
+                self._next = asyncio.get_running_loop().create_future()
+            gen = await asyncio.shield(self._next)
+            if gen is None:
+                writer.transport.abort()
+                return
+        await gen.serve(reader, writer)
 
 
 class Generation:
@@ -65,27 +171,27 @@ class Generation:
         self,
         plan: ServerPlan,
         number: int,
-        lsock: socket.socket,
+        listener: Listener,
         stats: ServerStats,
         force: asyncio.Event,
         on_end: Callable[[Generation, Reason], None],
     ) -> None:
+        loop = asyncio.get_running_loop()
         self.plan = plan
         self.number = number
         self.ctx = ServerContext(plan.name, number, plan.options)
         self.stats = stats
-        self.ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[tuple[str, int]] = loop.create_future()
         self.task: asyncio.Task[None] | None = None
-        self._lsock = lsock
+        self._listener = listener
         self._force = force
         self._on_end = on_end
-        self._stop: asyncio.Future[Reason] = asyncio.get_running_loop().create_future()
-        self._drain_budget: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._stop: asyncio.Future[Reason] = loop.create_future()
+        self._drain_budget: asyncio.Future[float] = loop.create_future()
         self._conns: dict[asyncio.Task[Any], tuple[_Reader, asyncio.StreamWriter]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._cancelling = False
-        self._server: asyncio.Server | None = None
         self._handler: Handler | None = None
         self._ended = False
 
@@ -100,7 +206,7 @@ class Generation:
     # -- requests from the supervisor ---------------------------------------------------------------------------
 
     def stop(self, reason: Reason = None) -> None:
-        """Stop accepting now (idempotent). The drain waits for :meth:`start_drain`."""
+        """Stop taking connections now (idempotent). The drain waits for :meth:`start_drain`."""
         if not self._stop.done():
             self._stop.set_result(reason)
 
@@ -115,12 +221,9 @@ class Generation:
         try:
             async with open_handler(self.plan.target, self.plan.direct, self.plan.options) as handler:
                 self._handler = handler
-                loop = asyncio.get_running_loop()
-                self._server = await loop.create_server(
-                    self._make_protocol, sock=self._lsock.dup(), backlog=self.plan.backlog
-                )
-                host, port = self._lsock.getsockname()[:2]
-                self.ready.set_result((host, port))
+                if not self._stop.done():  # a stop requested while the lifespan entered: never attach
+                    self._listener.attach(self)
+                    self.ready.set_result(self._listener.address)
                 try:
                     reason = await self._stop
                 finally:
@@ -135,18 +238,16 @@ class Generation:
         except BaseException as exc:
             if not self.ready.done():
                 self.ready.set_exception(exc)
-                self.ready.exception()  # the supervisor reads it via on_end; don't warn "never retrieved"
+                self.ready.exception()  # the supervisor learns it via on_end; don't warn "never retrieved"
             if self._ended and not isinstance(exc, StopServer):
-                # the lifespan's exit failed after we already stopped: the next generation is running
-                LOGGER.error("server %s: lifespan exit failed: %r", self.name, exc, exc_info=exc)
+                # the lifespan (or its background task) failed after this generation had stopped
+                LOGGER.error("server %s: failed while stopping: %r", self.name, exc, exc_info=exc)
             self._end(exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
             self._stop_accepting()
             self._cancel_all()
-            if self._server is not None:
-                await self._wait_closed()
 
     def _end(self, reason: Reason) -> None:
         if not self._ended:
@@ -155,20 +256,16 @@ class Generation:
 
     def _stop_accepting(self) -> None:
         self.ctx.draining.set()
-        if self._server is not None and self._server.is_serving():
-            self._server.close()
+        self._listener.detach(self)
 
     # -- connections (the per-connection path: keep it lean) -----------------------------------------------------
 
-    def _make_protocol(self) -> asyncio.StreamReaderProtocol:
-        loop = asyncio.get_running_loop()
-        reader = _Reader(2**16, loop, self.ctx.draining)
-        return asyncio.StreamReaderProtocol(reader, self._serve_connection, loop=loop)  # type: ignore[arg-type]
-
-    async def _serve_connection(self, reader: _Reader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: _Reader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         assert self._handler is not None
+        set_current(self.ctx)  # the Server was made outside this generation: give handlers its context
+        reader.draining = self.ctx.draining
         conns = self._conns
         conns[task] = (reader, writer)
         self._idle.clear()
@@ -178,22 +275,31 @@ class Generation:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            await self._handler(reader, writer)
+            try:
+                await self._handler(reader, writer)
+            except StopServer as exc:
+                self.stop(exc)
+            except _CLIENT_ERRORS as exc:
+                LOGGER.debug("server %s: client error: %r", self.plan.name, exc)
+            except Exception as exc:
+                stats.handler_errors += 1
+                if self.plan.on_handler_error == "restart" and not self._stop.done():
+                    LOGGER.error("server %s: handler error, restarting the server: %r", self.plan.name, exc)
+                    self.stop(exc)
+                else:
+                    LOGGER.warning("server %s: handler error, connection closed: %r", self.plan.name, exc, exc_info=exc)
+            writer.close()
+            if writer.transport.get_write_buffer_size():
+                # a slow reader is still owed bytes: stay in the registry, so the drain bounds it
+                await writer.wait_closed()
         except asyncio.CancelledError:
             if not self._cancelling:
                 raise
             # We cancelled it at the end of a drain. Ending quietly here is what stops 3.11.7 from
             # logging a CancelledError traceback per connection (CPython gh-113538).
             writer.transport.abort()
-        except StopServer as exc:
-            self.stop(exc)
-        except Exception as exc:
-            stats.handler_errors += 1
-            if self.plan.on_handler_error == "restart":
-                LOGGER.error("server %s: handler error, restarting the server: %r", self.plan.name, exc)
-                self.stop(exc)
-            else:
-                LOGGER.warning("server %s: handler error, connection closed: %r", self.plan.name, exc, exc_info=exc)
+        except (ConnectionError, OSError):
+            pass  # the client went away while we flushed
         finally:
             del conns[task]
             stats.active -= 1
@@ -220,8 +326,8 @@ class Generation:
             peers = ", ".join(_peer(w) for _, w in list(self._conns.values())[:5])
             more = f" and {len(self._conns) - 5} more" if len(self._conns) > 5 else ""
             LOGGER.warning(
-                "server %s: drain budget %.1fs used up, cancelling %d connection(s): %s%s",
-                self.name, budget, len(self._conns), peers, more,
+                "server %s: drain budget %.1fs used up, cancelling %d connection(s) of generation %d: %s%s",
+                self.plan.name, budget, len(self._conns), self.number, peers, more,
             )  # fmt: skip
             self.stats.drain_cancelled += len(self._conns)
             self._cancel_all()
@@ -235,13 +341,6 @@ class Generation:
         for task, (_, writer) in list(self._conns.items()):
             task.cancel()
             writer.transport.abort()
-
-    async def _wait_closed(self) -> None:
-        assert self._server is not None
-        try:
-            await asyncio.wait_for(self._server.wait_closed(), WAIT_CLOSED_GRACE)
-        except TimeoutError:
-            LOGGER.warning("server %s: wait_closed() did not return within %.1fs", self.name, WAIT_CLOSED_GRACE)
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

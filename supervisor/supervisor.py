@@ -16,7 +16,6 @@ import asyncio
 import concurrent.futures
 import logging
 import random
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,7 +23,7 @@ from typing import Literal
 from supervisor.errors import GaveUp, StopServer
 from supervisor.plan import Plan, ServerPlan
 from supervisor.restart import Backoff, Intensity, should_restart
-from supervisor.runner import Generation, Reason
+from supervisor.runner import CANCEL_GRACE, Generation, Listener, Reason
 from supervisor.state import ChildState, ChildStatus, ServerStats, TreeSnapshot
 
 LOGGER = logging.getLogger("supervisor")
@@ -44,9 +43,9 @@ class Child:
     stats: ServerStats = field(default_factory=ServerStats)
     state: ChildState = ChildState.STOPPED
     wanted: bool = True
-    lsock: socket.socket | None = None  # the kept listening socket, bound once
-    gen: Generation | None = None  # the generation accepting now
-    old: set[Generation] = field(default_factory=set)  # generations still draining
+    listener: Listener | None = None  # the kept listening socket, bound once
+    gen: Generation | None = None  # the generation starting or accepting now
+    live: set[Generation] = field(default_factory=set)  # every generation whose task still runs
     generation: int = 0
     not_before: float = 0.0  # loop time before which a restart must not start
     since: float = 0.0
@@ -68,13 +67,19 @@ class _Ended:
 
 
 @dataclass(frozen=True, slots=True)
+class _Ready:
+    child: Child
+    gen: Generation
+
+
+@dataclass(frozen=True, slots=True)
 class _Control:
     command: str
     child: Child
     handled: asyncio.Future[None]  # resolved once the coordinator acted on it
 
 
-_Event = _Ended | _Control | None  # None only wakes the loop (stop request, backoff timer)
+_Event = _Ended | _Ready | _Control | None  # None only wakes the loop (stop request, backoff timer)
 
 
 class Supervisor:
@@ -193,13 +198,15 @@ class Supervisor:
         while not self._stop.is_set():
             await self._reconcile()
             if not self.ready.done() and self._all_up():
-                addresses = [c.lsock.getsockname()[:2] for c in self.children if c.lsock and c.wanted]
+                addresses = [c.listener.address for c in self.children if c.listener and c.wanted]
                 LOGGER.info("supervisor ready: %d server(s) serving", len(addresses))
                 self.ready.set_result(addresses)
                 self._publish()
             event = await self._events.get()
             if isinstance(event, _Ended):
                 self._ended(event.child, event.gen, event.reason)
+            elif isinstance(event, _Ready):
+                self._ready(event.child, event.gen)
             elif isinstance(event, _Control):
                 self._control(event.command, event.child)
                 if not event.handled.done():
@@ -209,7 +216,11 @@ class Supervisor:
         return all(c.state is ChildState.RUNNING for c in self.children if c.wanted)
 
     async def _reconcile(self) -> None:
-        """Start, in start order, every wanted server that is down, due, and whose dependencies run."""
+        """Start every wanted server that is down, due, and whose ``after`` servers are running.
+
+        Starts don't wait for each other here: readiness comes back as a _Ready event, so one slow
+        lifespan never holds up restarts, control requests or the shutdown of the others.
+        """
         for child in self.children:
             if self._stop.is_set():
                 return
@@ -238,28 +249,31 @@ class Supervisor:
     async def _start(self, child: Child) -> None:
         assert self._tg is not None
         self._set_state(child, ChildState.STARTING)
-        if child.lsock is None:
+        if child.listener is None:
             try:
-                child.lsock = _bind(child.plan)
+                listener = Listener.bind(child.plan)
             except OSError as exc:
                 self._post(_Ended(child, None, exc))
                 child.gen = _PENDING  # keeps reconcile from retrying before the failure is handled
                 return
+            child.listener = listener
+            await listener.start()
         child.generation += 1
-        gen = Generation(child.plan, child.generation, child.lsock, child.stats, self._force, self._on_end)
+        gen = Generation(child.plan, child.generation, child.listener, child.stats, self._force, self._on_end)
         child.gen = gen
+        child.live.add(gen)
         gen.task = self._tg.create_task(gen.run(), name=f"server:{child.name}")
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait((gen.ready, stop), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if gen.ready.done() and not gen.ready.cancelled() and gen.ready.exception() is None and child.gen is gen:
-            host, port = gen.ready.result()
-            child.address = f"{host}:{port}"
-            child.started_at = self.now()
-            self._set_state(child, ChildState.RUNNING)
-            LOGGER.info("server %s listening on %s (generation %d)", child.name, child.address, gen.number)
+        gen.task.add_done_callback(lambda _t: child.live.discard(gen))
+        gen.ready.add_done_callback(lambda _f: self._post(_Ready(child, gen)))
+
+    def _ready(self, child: Child, gen: Generation) -> None:
+        if child.gen is not gen or gen.ready.cancelled() or gen.ready.exception() is not None:
+            return  # failed or replaced before it was ready: its _Ended event tells the story
+        host, port = gen.ready.result()
+        child.address = f"{host}:{port}"
+        child.started_at = self.now()
+        self._set_state(child, ChildState.RUNNING)
+        LOGGER.info("server %s listening on %s (generation %d)", child.name, child.address, gen.number)
 
     # -- events ---------------------------------------------------------------------------------------------------
 
@@ -271,15 +285,17 @@ class Supervisor:
         self._post(_Ended(self._by_name[gen.plan.name], gen, reason))
 
     def _ended(self, child: Child, gen: Generation | None, reason: Reason) -> None:
+        if self._shutting_down:
+            return  # the shutdown drains every live generation itself, in order
         if gen is not None:
-            child.old.add(gen)
-            assert gen.task is not None
-            gen.task.add_done_callback(lambda _t, g=gen: child.old.discard(g))  # type: ignore[misc]
-            if not self._shutting_down:
-                # a restart never waits for the old connections: they drain beside the new generation
-                gen.start_drain(child.plan.shutdown_timeout)
-        if self._shutting_down or child.gen is not (gen or _PENDING):
-            return  # stopped on purpose (shutdown, group restart, console): already handled
+            # a restart never waits for the old connections: they drain beside the new generation
+            gen.start_drain(child.plan.shutdown_timeout)
+        if child.gen is not (gen or _PENDING):
+            # stopped on purpose (group restart, console) before it ended by itself
+            if reason is not None and not isinstance(reason, StopServer | asyncio.CancelledError):
+                child.last_error = _describe(reason)
+                LOGGER.error("server %s failed while already restarting: %s", child.name, child.last_error)
+            return
         child.gen = None
         child.started_at, uptime = None, (self.now() - child.started_at if child.started_at else 0.0)
         failed = not isinstance(reason, StopServer)
@@ -358,6 +374,7 @@ class Supervisor:
         gen, child.gen = child.gen, None
         if gen is not None and gen is not _PENDING:
             gen.stop(None)
+            gen.start_drain(child.plan.shutdown_timeout)
 
     # -- shutdown -------------------------------------------------------------------------------------------------
 
@@ -368,41 +385,45 @@ class Supervisor:
         started = loop.time()
         deadline = started + sup.shutdown_timeout
         LOGGER.info("shutting down (%s): stop accepting on every server", self.stop_reason or "exit")
-        gens: dict[Child, list[Generation]] = {}
         for child in reversed(self.children):
-            current = [child.gen] if child.gen is not None and child.gen is not _PENDING else []
             child.gen = None
-            for gen in current:
+            for gen in child.live:  # each stops taking connections, then waits for its drain budget
                 gen.stop(None)
             self._release(child)  # new clients are refused now, not left in a backlog nobody reads
-            gens[child] = current + list(child.old)
-            if gens[child] and child.state is not ChildState.FAILED:
+            if child.live and child.state is not ChildState.FAILED:
                 self._set_state(child, ChildState.STOPPING)
         for child in reversed(self.children):  # drain one server at a time, dependents first
-            tasks = [g.task for g in gens[child] if g.task is not None and not g.task.done()]
-            budget = max(0.0, min(child.plan.shutdown_timeout, deadline - loop.time()))
-            for gen in gens[child]:
-                gen.start_drain(budget)
-            if tasks:
-                _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()) + 0.5)
-                if pending:
-                    LOGGER.error(
-                        "server %s: still stopping at the shutdown_timeout (%gs), cancelling it",
-                        child.name, sup.shutdown_timeout,
-                    )  # fmt: skip
-                    for t in pending:
-                        t.cancel()
-                    await asyncio.wait(pending, timeout=1.0)
+            left = max(0.0, deadline - loop.time())
+            for gen in child.live:
+                gen.start_drain(min(child.plan.shutdown_timeout, left))
+            tasks = [g.task for g in child.live if g.task is not None]
+            if tasks and left > 0:
+                # the drain itself cancels leftovers at its budget; allow it that much extra to unwind
+                await asyncio.wait(tasks, timeout=left + CANCEL_GRACE)
             if child.state is not ChildState.FAILED:
                 self._set_state(child, ChildState.STOPPED)
+        stuck = [g.task for c in self.children for g in c.live if g.task is not None and not g.task.done()]
+        if stuck:
+            LOGGER.error(
+                "shutdown_timeout (%gs) reached: cancelling %d generation(s): %s",
+                sup.shutdown_timeout, len(stuck), ", ".join(t.get_name() for t in stuck),
+            )  # fmt: skip
+            for task in stuck:
+                task.cancel()
+            await asyncio.wait(stuck, timeout=CANCEL_GRACE)
+        for child in self.children:
+            if child.listener is not None:
+                await child.listener.wait_closed(CANCEL_GRACE)
         LOGGER.info("shutdown complete in %.3fs", loop.time() - started)
 
     # -- state ----------------------------------------------------------------------------------------------------
 
     def _release(self, child: Child) -> None:
-        if child.lsock is not None:
-            child.lsock.close()
-            child.lsock = None
+        """Close the server's listener for good: its port is free, new clients are refused."""
+        if child.listener is not None:
+            child.listener.close()
+            if not self._shutting_down:
+                child.listener = None
 
     def _set_state(self, child: Child, state: ChildState) -> None:
         if child.state is not state:
@@ -454,15 +475,6 @@ class _Pending:
 
 
 _PENDING: Generation = _Pending()  # type: ignore[assignment]
-
-
-def _bind(plan: ServerPlan) -> socket.socket:
-    """Bind the listening socket the supervisor keeps across restarts of this server."""
-    infos = socket.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family = infos[0][0]
-    sock = socket.create_server((plan.host, plan.port), family=family, backlog=plan.backlog)
-    sock.setblocking(False)
-    return sock
 
 
 def _describe(reason: Reason) -> str:

@@ -22,6 +22,8 @@ async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             cmd, _, arg = line.strip().partition(b" ")
             if cmd == b"crash":
                 raise RuntimeError("crash requested")
+            if cmd == b"reset":  # what a client vanishing mid-write looks like to a handler
+                raise ConnectionResetError("client went away")
             if cmd == b"stop":
                 raise StopServer
             if cmd == b"work":  # says it started, so a test knows the request is in flight
@@ -56,6 +58,27 @@ async def journaled(options: Mapping[str, Any]) -> AsyncIterator[Handler]:
             yield lines
         finally:
             JOURNAL.append((name, "exit"))
+
+
+# Lifespans of ``gated`` servers wait here until a test opens their gate: a start that takes a while.
+GATES: dict[str, asyncio.Event] = {}
+
+
+@contextlib.asynccontextmanager
+async def gated(options: Mapping[str, Any]) -> AsyncIterator[Handler]:
+    await GATES.setdefault(current_server().name, asyncio.Event()).wait()
+    yield lines
+
+
+async def framed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """``LEN n`` then n bytes: answers ``go`` after the header and echoes the body (read with readexactly)."""
+    while header := await reader.readline():
+        writer.write(b"go\n")
+        await writer.drain()
+        body = await reader.readexactly(int(header.split()[1]))
+        writer.write(body + b"\n")
+        await writer.drain()
+    writer.close()
 
 
 async def _fail_after(delay: float) -> None:

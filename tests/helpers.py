@@ -66,3 +66,12 @@ async def wait_state(sup: Supervisor, name: str, state: ChildState, *, generatio
             if child.state is state and child.generation >= generation:
                 return
             await sup.changed()
+
+
+async def assert_not_served(port: int) -> None:
+    """Nobody serves ``port``: refused, or reset if the connect landed in the instant the listener closed."""
+    try:
+        answer = await ask(port, b"anyone?")
+    except (ConnectionRefusedError, ConnectionResetError):
+        return
+    assert answer == b"", f"port {port} answered {answer!r}"
