@@ -95,8 +95,8 @@ class Listener:
         return cls(plan, sock)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._make_protocol, sock=self.sock, backlog=self.plan.backlog)
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(self._make_protocol, sock=self.sock, backlog=self.plan.backlog)
 
     def attach(self, gen: Generation) -> None:
         self.current = gen
@@ -145,8 +145,10 @@ class Listener:
     # -- the per-connection path: keep it lean ------------------------------------------------------------------
 
     def _make_protocol(self) -> asyncio.StreamReaderProtocol:
-        loop = asyncio.get_running_loop()
-        return asyncio.StreamReaderProtocol(_Reader(2**16, loop), self._dispatch, loop=loop)  # type: ignore[arg-type]
+        # Bind the connection to the generation accepting now: one coroutine per connection, not two.
+        gen = self.current
+        serve = gen.serve if gen is not None else self._dispatch
+        return asyncio.StreamReaderProtocol(_Reader(2**16, self._loop), serve, loop=self._loop)  # type: ignore[arg-type]
 
     async def _dispatch(self, reader: _Reader, writer: asyncio.StreamWriter) -> None:
         gen = self.current
@@ -261,6 +263,10 @@ class Generation:
     # -- connections (the per-connection path: keep it lean) -----------------------------------------------------
 
     async def serve(self, reader: _Reader, writer: asyncio.StreamWriter) -> None:
+        if self._stop.done():
+            # accepted in the instant this generation stopped: the next one serves it
+            await self._listener._dispatch(reader, writer)
+            return
         task = asyncio.current_task()
         assert task is not None
         assert self._handler is not None

@@ -53,6 +53,7 @@ class Child:
     address: str = ""
     restarts: int = 0
     last_error: str = ""
+    traceback: BaseException | None = None  # of the last failure, logged once the restart is under way
 
     @property
     def name(self) -> str:
@@ -274,6 +275,13 @@ class Supervisor:
         child.started_at = self.now()
         self._set_state(child, ChildState.RUNNING)
         LOGGER.info("server %s listening on %s (generation %d)", child.name, child.address, gen.number)
+        self._log_traceback(child)
+
+    @staticmethod
+    def _log_traceback(child: Child) -> None:
+        if child.traceback is not None:
+            exc, child.traceback = child.traceback, None
+            LOGGER.error("server %s: traceback of the failure: %r", child.name, exc, exc_info=exc)
 
     # -- events ---------------------------------------------------------------------------------------------------
 
@@ -301,16 +309,21 @@ class Supervisor:
         failed = not isinstance(reason, StopServer)
         if failed:
             child.last_error = _describe(reason)
-            LOGGER.error("server %s failed: %s", child.name, child.last_error, exc_info=_exc_info(reason))
+            # One line now; the traceback once the next generation serves (formatting it costs more
+            # than the whole restart), or at once if no immediate restart follows.
+            LOGGER.error("server %s failed: %s", child.name, child.last_error)
+            child.traceback = _exc_info(reason)
         else:
             LOGGER.info("server %s stopped itself", child.name)
         if not should_restart(child.plan.restart, failed):
+            self._log_traceback(child)
             child.wanted = False
             self._release(child)
             self._set_state(child, ChildState.FAILED if failed else ChildState.STOPPED)
             LOGGER.warning("server %s (%s) will not be restarted", child.name, child.plan.restart)
             return
         if not self._intensity.record():
+            self._log_traceback(child)
             sup = self.plan.supervisor
             self._gave_up = (
                 f"giving up: more than {sup.max_restarts} restarts within {sup.restart_window:g}s "
@@ -321,6 +334,8 @@ class Supervisor:
             self.request_stop("gave up")
             return
         delay = child.backoff.next_delay(uptime)
+        if delay > 0:
+            self._log_traceback(child)
         siblings = self._affected(child)
         for sib in reversed(siblings):  # reverse start order, like a shutdown
             if sib.gen is not None:
@@ -414,6 +429,8 @@ class Supervisor:
         for child in self.children:
             if child.listener is not None:
                 await child.listener.wait_closed(CANCEL_GRACE)
+        for child in self.children:
+            self._log_traceback(child)
         LOGGER.info("shutdown complete in %.3fs", loop.time() - started)
 
     # -- state ----------------------------------------------------------------------------------------------------
