@@ -211,6 +211,9 @@ class Generation:
         """Stop taking connections now (idempotent). The drain waits for :meth:`start_drain`."""
         if not self._stop.done():
             self._stop.set_result(reason)
+            # detach at once, not when the task next runs: a connection accepted in between must
+            # wait for the next generation, not join one that is about to drain
+            self._stop_accepting()
 
     def start_drain(self, budget: float) -> None:
         if not self._drain_budget.done():
@@ -290,8 +293,7 @@ class Generation:
             except Exception as exc:
                 stats.handler_errors += 1
                 if self.plan.on_handler_error == "restart" and not self._stop.done():
-                    LOGGER.error("server %s: handler error, restarting the server: %r", self.plan.name, exc)
-                    self.stop(exc)
+                    self.stop(exc)  # the supervisor logs it as this server's failure
                 else:
                     LOGGER.warning("server %s: handler error, connection closed: %r", self.plan.name, exc, exc_info=exc)
             writer.close()

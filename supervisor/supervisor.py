@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -53,7 +54,17 @@ class Child:
     address: str = ""
     restarts: int = 0
     last_error: str = ""
-    traceback: BaseException | None = None  # of the last failure, logged once the restart is under way
+    # Log lines of a failure whose restart is immediate: written once the next generation serves,
+    # since formatting and writing them costs more than the whole restart.
+    held: list[Callable[[], None]] = field(default_factory=list)
+
+    def hold(self, level: int, msg: str, *args: object, exc_info: BaseException | None = None) -> None:
+        self.held.append(functools.partial(LOGGER.log, level, msg, *args, exc_info=exc_info))
+
+    def flush(self) -> None:
+        held, self.held = self.held, []
+        for write in held:
+            write()
 
     @property
     def name(self) -> str:
@@ -274,14 +285,8 @@ class Supervisor:
         child.address = f"{host}:{port}"
         child.started_at = self.now()
         self._set_state(child, ChildState.RUNNING)
+        child.flush()
         LOGGER.info("server %s listening on %s (generation %d)", child.name, child.address, gen.number)
-        self._log_traceback(child)
-
-    @staticmethod
-    def _log_traceback(child: Child) -> None:
-        if child.traceback is not None:
-            exc, child.traceback = child.traceback, None
-            LOGGER.error("server %s: traceback of the failure: %r", child.name, exc, exc_info=exc)
 
     # -- events ---------------------------------------------------------------------------------------------------
 
@@ -309,21 +314,20 @@ class Supervisor:
         failed = not isinstance(reason, StopServer)
         if failed:
             child.last_error = _describe(reason)
-            # One line now; the traceback once the next generation serves (formatting it costs more
-            # than the whole restart), or at once if no immediate restart follows.
-            LOGGER.error("server %s failed: %s", child.name, child.last_error)
-            child.traceback = _exc_info(reason)
+            child.hold(logging.ERROR, "server %s failed: %s", child.name, child.last_error)
+            if (exc := _exc_info(reason)) is not None:
+                child.hold(logging.ERROR, "server %s: traceback of the failure: %r", child.name, exc, exc_info=exc)
         else:
-            LOGGER.info("server %s stopped itself", child.name)
+            child.hold(logging.INFO, "server %s stopped itself", child.name)
         if not should_restart(child.plan.restart, failed):
-            self._log_traceback(child)
+            child.flush()
             child.wanted = False
             self._release(child)
             self._set_state(child, ChildState.FAILED if failed else ChildState.STOPPED)
             LOGGER.warning("server %s (%s) will not be restarted", child.name, child.plan.restart)
             return
         if not self._intensity.record():
-            self._log_traceback(child)
+            child.flush()
             sup = self.plan.supervisor
             self._gave_up = (
                 f"giving up: more than {sup.max_restarts} restarts within {sup.restart_window:g}s "
@@ -334,8 +338,6 @@ class Supervisor:
             self.request_stop("gave up")
             return
         delay = child.backoff.next_delay(uptime)
-        if delay > 0:
-            self._log_traceback(child)
         siblings = self._affected(child)
         for sib in reversed(siblings):  # reverse start order, like a shutdown
             if sib.gen is not None:
@@ -349,9 +351,12 @@ class Supervisor:
             c.not_before = due
             self._set_state(c, ChildState.BACKOFF)
         also = f" with {', '.join(s.name for s in siblings)}" if siblings else ""
-        LOGGER.warning(
-            "server %s restarting in %.3fs%s (%d recent restarts)", child.name, delay, also, self._intensity.recent
-        )
+        child.hold(
+            logging.WARNING,
+            "server %s restarting in %.3fs%s (%d recent restarts)", child.name, delay, also, self._intensity.recent,
+        )  # fmt: skip
+        if delay > 0:
+            child.flush()
 
     def _affected(self, child: Child) -> list[Child]:
         """Siblings restarted with ``child`` under the strategy, in start order."""
@@ -430,7 +435,7 @@ class Supervisor:
             if child.listener is not None:
                 await child.listener.wait_closed(CANCEL_GRACE)
         for child in self.children:
-            self._log_traceback(child)
+            child.flush()
         LOGGER.info("shutdown complete in %.3fs", loop.time() - started)
 
     # -- state ----------------------------------------------------------------------------------------------------
