@@ -18,6 +18,8 @@ Run: ``.venv/bin/python -m tests.bench.bench_metrics [--rounds 5] [--duration 5]
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import os
 import re
 import shutil
@@ -41,6 +43,7 @@ MODES = {"keep-alive": [], "close": ["-H", "Connection: close"]}
 LISTENING_RE = re.compile(r"server web listening on \S+:(\d+)")
 METRICS_RE = re.compile(r"metrics listening on http://\S+:(\d+)/metrics")
 RPS_RE = re.compile(r"Requests/sec:\s+([\d.]+)")
+REQUESTS_RE = re.compile(r"(\d+) requests in ")
 ERRORS_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 NON2XX_RE = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 
@@ -132,7 +135,19 @@ class Scraper:
 @dataclass(frozen=True)
 class WrkResult:
     rps: float
+    requests: int
     errors: int
+    cpu: float = 0.0  # the server process's user+system CPU seconds during the run
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu / self.requests * 1e6 if self.requests else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (``/proc/PID/stat`` fields 14 and 15), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_wrk(port: int, mode: str, args: argparse.Namespace, cpu: int | None) -> WrkResult:
@@ -140,12 +155,18 @@ def run_wrk(port: int, mode: str, args: argparse.Namespace, cpu: int | None) -> 
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + WRK_GRACE, check=True).stdout
-    rps = RPS_RE.search(out)
-    if rps is None:
+    rps, requests = RPS_RE.search(out), REQUESTS_RE.search(out)
+    if rps is None or requests is None:
         raise SystemExit(f"cannot read wrk's output:\n{out}")
     errors = sum(int(n) for n in m.groups()) if (m := ERRORS_RE.search(out)) else 0
     errors += int(m[1]) if (m := NON2XX_RE.search(out)) else 0
-    return WrkResult(float(rps[1]), errors)
+    return WrkResult(float(rps[1]), int(requests[1]), errors)
+
+
+def measure(server: Server, mode: str, args: argparse.Namespace, cpu: int | None) -> WrkResult:
+    before = cpu_seconds(server.proc.pid)
+    result = run_wrk(server.port, mode, args, cpu)
+    return dataclasses.replace(result, cpu=cpu_seconds(server.proc.pid) - before)
 
 
 def write_config(tmp: Path, name: str, metrics: bool, loop: str) -> Path:
@@ -169,6 +190,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--modes", default="keep-alive,close", help="comma-separated: keep-alive, close")
     parser.add_argument("--no-pin", action="store_true", help="don't pin the server and wrk to separate CPUs")
+    parser.add_argument("--aa", action="store_true", help="A/A run: 'on' has metrics off too (the noise floor)")
     return parser.parse_args(argv)
 
 
@@ -187,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(tmpdir)
         servers = {
             "off": Server("off", write_config(tmp, "off", False, args.loop), server_cpu),
-            "on": Server("on", write_config(tmp, "on", True, args.loop), server_cpu),
+            "on": Server("on", write_config(tmp, "on", not args.aa, args.loop), server_cpu),
         }
         try:
             for name, server in servers.items():  # warm-up: first requests pay for imports and cold caches
@@ -200,18 +222,51 @@ def main(argv: Sequence[str] | None = None) -> int:
                         server = servers[name]
                         if server.metrics_port is not None:
                             with Scraper(server.metrics_port, args.scrape_interval) as scraper:
-                                result = run_wrk(server.port, mode, args, wrk_cpu)
+                                result = measure(server, mode, args, wrk_cpu)
                             scrapes += scraper.durations
                         else:
-                            result = run_wrk(server.port, mode, args, wrk_cpu)
+                            result = measure(server, mode, args, wrk_cpu)
                         results.setdefault((name, mode), []).append(result)
-                        print(f"# round {r + 1} {mode:<10} {name:<3} {result.rps:>10.0f} req/s", file=sys.stderr)
-            total = _connections_total(servers["on"])
+                        print(
+                            f"# round {r + 1} {mode:<10} {name:<3} {result.rps:>10.0f} req/s "
+                            f"{result.cpu_us_per_request:>7.1f} us CPU/request",
+                            file=sys.stderr,
+                        )
+            total = _connections_total(servers["on"]) if servers["on"].metrics_port else "-"
         finally:
             for server in servers.values():
                 server.stop()
     print(render(args, modes, results, scrapes, total, pin))
+    print(asyncio.run(scrape_cost()))
     return 0
+
+
+async def scrape_cost(servers: int = 3, repeat: int = 300) -> str:
+    """CPU time of one scrape, measured in-process: collect every family and encode it (what the handler does)."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    from supervisor.config import load_config
+    from supervisor.metrics import make_registry
+    from supervisor.plan import make_plan
+    from supervisor.supervisor import Supervisor
+
+    with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmpdir:
+        entries = "".join(
+            f"  - {{name: s{i}, handler: 'supervisor.handlers.echo:handle', port: 0}}\n" for i in range(servers)
+        )
+        path = Path(tmpdir) / "cost.yaml"
+        path.write_text("servers:\n" + entries)
+        registry = make_registry(Supervisor(make_plan(load_config(path))), "asyncio")
+    timings = {}
+    for label, encode in (("text", generate_latest), ("OpenMetrics", generate_openmetrics)):
+        encode(registry)  # warm
+        started = time.process_time()
+        for _ in range(repeat):
+            size = len(encode(registry))
+        timings[label] = ((time.process_time() - started) / repeat * 1000, size)
+    parts = ", ".join(f"{k} {ms:.2f} ms ({size:,} bytes)" for k, (ms, size) in timings.items())
+    return f"one scrape with {servers} servers, CPU time in-process: {parts}"
 
 
 def _connections_total(server: Server) -> str:
@@ -230,22 +285,40 @@ def render(
     total: str,
     pin: bool,
 ) -> str:
+    title = "A/A (both metrics off: the noise floor)" if args.aa else "metrics on vs off"
     lines = [
-        f"metrics on vs off: wrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, "
+        f"{title}: wrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, "
         f"loop {args.loop}, Python {sys.version.split()[0]}, "
         f"{'server on CPU 0 and wrk on CPU 1' if pin else 'not pinned'}, 'on' scraped every {args.scrape_interval:g}s",
         "",
-        "| mode | metrics off req/s (median, min-max) | metrics on req/s (median, min-max) | on/off | errors |",
-        "|---|---|---|---|---|",
+        "| mode | metrics off req/s (median, min-max) | metrics on req/s (median, min-max) | on/off of medians "
+        "| on/off per round (median, min-max) | errors |",
+        "|---|---|---|---|---|---|",
     ]
     for mode in modes:
         off, on = results[("off", mode)], results[("on", mode)]
         m_off, m_on = statistics.median(r.rps for r in off), statistics.median(r.rps for r in on)
+        # each round ran 'on' and 'off' back to back: their ratio cancels the machine's slow drift
+        paired = [b.rps / a.rps for a, b in zip(off, on, strict=True)]
         errors = sum(r.errors for r in off + on)
         lines.append(
             f"| {mode} | {m_off:,.0f} ({min(r.rps for r in off):,.0f}-{max(r.rps for r in off):,.0f}) "
             f"| {m_on:,.0f} ({min(r.rps for r in on):,.0f}-{max(r.rps for r in on):,.0f}) "
-            f"| {m_on / m_off:.3f} ({(m_on / m_off - 1) * 100:+.1f}%) | {errors} |"
+            f"| {m_on / m_off:.3f} | {statistics.median(paired):.3f} ({min(paired):.3f}-{max(paired):.3f}) "
+            f"| {errors} |"
+        )
+    lines += [
+        "",
+        "| mode | server CPU per request, off (median) | on (median) | on/off per round (median, min-max) |",
+        "|---|---|---|---|",
+    ]
+    for mode in modes:
+        off, on = results[("off", mode)], results[("on", mode)]
+        paired = [b.cpu_us_per_request / a.cpu_us_per_request for a, b in zip(off, on, strict=True)]
+        lines.append(
+            f"| {mode} | {statistics.median(r.cpu_us_per_request for r in off):.1f} us "
+            f"| {statistics.median(r.cpu_us_per_request for r in on):.1f} us "
+            f"| {statistics.median(paired):.3f} ({min(paired):.3f}-{max(paired):.3f}) |"
         )
     if scrapes:
         lines.append("")
