@@ -312,7 +312,8 @@ class Generation:
             del conns[task]
             stats.active -= 1
             stats.observe_duration(loop.time() - started)
-            writer.close()
+            if not writer.transport.is_closing():
+                writer.close()
             if not conns:
                 self._idle.set()
 
