@@ -191,6 +191,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--modes", default="keep-alive,close", help="comma-separated: keep-alive, close")
     parser.add_argument("--no-pin", action="store_true", help="don't pin the server and wrk to separate CPUs")
     parser.add_argument("--aa", action="store_true", help="A/A run: 'on' has metrics off too (the noise floor)")
+    parser.add_argument(
+        "--single",
+        action="store_true",
+        help="one process with metrics enabled, scraped ('on') or not ('off'): no process-to-process bias",
+    )
     return parser.parse_args(argv)
 
 
@@ -207,10 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     scrapes: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmpdir:
         tmp = Path(tmpdir)
-        servers = {
-            "off": Server("off", write_config(tmp, "off", False, args.loop), server_cpu),
-            "on": Server("on", write_config(tmp, "on", not args.aa, args.loop), server_cpu),
-        }
+        if args.single:  # one process: "off" is simply not scraped
+            one = Server("on", write_config(tmp, "on", True, args.loop), server_cpu)
+            servers = {"off": one, "on": one}
+        else:
+            servers = {
+                "off": Server("off", write_config(tmp, "off", False, args.loop), server_cpu),
+                "on": Server("on", write_config(tmp, "on", not args.aa, args.loop), server_cpu),
+            }
         try:
             for name, server in servers.items():  # warm-up: first requests pay for imports and cold caches
                 run_wrk(server.port, modes[0], argparse.Namespace(**{**vars(args), "duration": 1}), wrk_cpu)
@@ -220,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for mode in modes:
                     for name in order:
                         server = servers[name]
-                        if server.metrics_port is not None:
+                        if server.metrics_port is not None and name == "on":
                             with Scraper(server.metrics_port, args.scrape_interval) as scraper:
                                 result = measure(server, mode, args, wrk_cpu)
                             scrapes += scraper.durations
@@ -234,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
             total = _connections_total(servers["on"]) if servers["on"].metrics_port else "-"
         finally:
-            for server in servers.values():
+            for server in set(servers.values()):
                 server.stop()
     print(render(args, modes, results, scrapes, total, pin))
     print(asyncio.run(scrape_cost()))
@@ -286,6 +295,8 @@ def render(
     pin: bool,
 ) -> str:
     title = "A/A (both metrics off: the noise floor)" if args.aa else "metrics on vs off"
+    if args.single:
+        title = "one process with metrics, scraped vs not scraped"
     lines = [
         f"{title}: wrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, "
         f"loop {args.loop}, Python {sys.version.split()[0]}, "
