@@ -89,9 +89,23 @@ class Listener:
 
     @classmethod
     def bind(cls, plan: ServerPlan) -> Listener:
-        infos = socket.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        sock = socket.create_server((plan.host, plan.port), family=infos[0][0], backlog=plan.backlog)
-        sock.setblocking(False)
+        family, _, _, _, address = socket.getaddrinfo(
+            plan.host, plan.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+        )[0]
+        # Not socket.create_server(): it leaves proto 0, accepted sockets inherit it, and asyncio sets
+        # TCP_NODELAY only when proto is IPPROTO_TCP. Without it every keep-alive response waits ~40 ms
+        # for a delayed ACK (Nagle), on asyncio's loop; uvloop sets it regardless.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(plan.backlog)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"{exc.strerror} (while binding {plan.host}:{plan.port})") from None
         return cls(plan, sock)
 
     async def start(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -34,6 +35,9 @@ async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             elif cmd == b"sleep":
                 await asyncio.sleep(float(arg))
                 writer.write(b"slept\n")
+            elif cmd == b"nodelay":
+                sock = writer.get_extra_info("socket")
+                writer.write(b"%d\n" % bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
             elif cmd == b"who":
                 ctx = current_server()
                 writer.write(f"{ctx.name}#{ctx.generation}\n".encode())

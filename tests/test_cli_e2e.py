@@ -100,7 +100,7 @@ def test_gives_up_and_exits_1_when_a_port_stays_taken(tmp_path: Path) -> None:
             assert sp.wait() == 1
     out = sp.output
     assert "server taken failed: OSError: [Errno 98] Address already in use" in out
-    assert f"('127.0.0.1', {port})" in out
+    assert f"(while binding 127.0.0.1:{port})" in out
     assert "giving up: more than 2 restarts within 60s (last: server taken:" in out
     assert "Traceback" not in out
 

@@ -148,3 +148,17 @@ async def test_stop_right_after_a_group_restart_is_still_bounded(tmp_path: Path,
     async with asyncio.timeout(DEADLINE):
         await task
     assert all(not c.live for c in sup.children)
+
+
+async def test_accepted_connections_have_nodelay(tmp_path: Path) -> None:
+    """Without TCP_NODELAY each keep-alive response waits ~40 ms for a delayed ACK on asyncio's loop."""
+    plan = plan_from(
+        tmp_path,
+        """
+        metrics: {enabled: false}
+        console: {enabled: false}
+        servers: [{name: s, handler: "tests.apps:lines", port: 0}]
+        """,
+    )
+    async with running(plan) as sup:
+        assert await ask(port_of(sup, "s"), b"nodelay") == b"1\n"
