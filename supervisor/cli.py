@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from supervisor import __version__
 from supervisor.config import load_config
@@ -17,6 +21,8 @@ from supervisor.plan import Plan, make_plan
 EXIT_OK = 0
 EXIT_FAILURE = 1  # gave up after too many restarts, or an unexpected error
 EXIT_USAGE = 2  # invalid config or command line: nothing was started
+
+EXIT_GRACE = 1.0  # seconds leftover tasks get to unwind once the supervisor has stopped
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -95,13 +101,14 @@ def run(plan: Plan) -> int:
     from supervisor.views import enabled_views
 
     views = enabled_views(plan)
-    try:
-        if plan.supervisor.loop == "uvloop":
-            import uvloop
+    if plan.supervisor.loop == "uvloop":
+        import uvloop
 
-            uvloop.run(run_plan(plan, views))
-        else:
-            asyncio.run(run_plan(plan, views))
+        new_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    else:
+        new_loop = asyncio.new_event_loop
+    try:
+        _run_loop(new_loop(), run_plan(plan, views))
     except GaveUp as exc:
         LOGGER.critical("exit 1: %s", exc)
         return EXIT_FAILURE
@@ -113,6 +120,33 @@ def run(plan: Plan) -> int:
         return EXIT_FAILURE
     LOGGER.info("exit 0")
     return EXIT_OK
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop, main: Coroutine[Any, Any, None]) -> None:
+    """Like asyncio.run(), except that tasks ignoring cancellation cannot keep the process alive.
+
+    asyncio.run() cancels what is left at exit and then waits for it without a bound: one handler that
+    swallows CancelledError in a loop would turn SIGTERM into SIGKILL. The supervisor has already
+    bounded its own shutdown; here we give leftovers one grace period and leave.
+    """
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    finally:
+        try:
+            left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in left:
+                task.cancel()
+            if left:
+                _, stuck = loop.run_until_complete(asyncio.wait(left, timeout=EXIT_GRACE))
+                if stuck:
+                    names = ", ".join(sorted(t.get_name() for t in stuck)[:5])
+                    LOGGER.error("%d task(s) ignored cancellation, exiting without them: %s", len(stuck), names)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def run_ctl(args: argparse.Namespace) -> int:
@@ -155,9 +189,22 @@ def run_ctl(args: argparse.Namespace) -> int:
     return EXIT_FAILURE
 
 
+class _HandOff(logging.handlers.QueueHandler):
+    """Queue the record as it is: the writer thread formats it (tracebacks included) and writes it."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
 def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Formatting and writing log lines happen on a thread, not on the event loop: a restart is ~1 ms,
+    # and a traceback written to a slow pipe or terminal would otherwise be most of it.
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, stream, respect_handler_level=True)
+    listener.start()
+    atexit.register(listener.stop)  # flushes what is queued before the process ends
     root = logging.getLogger()
-    root.addHandler(handler)
+    root.addHandler(_HandOff(records))
     root.setLevel(level)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 from collections.abc import Iterable
 
@@ -49,6 +50,10 @@ def enabled_views(plan: Plan) -> tuple[View, ...]:
         from supervisor.console import console_view
 
         views.append(console_view)
+    if os.environ.get("NOTIFY_SOCKET"):  # started by systemd with Type=notify
+        from supervisor.notify import notify_view
+
+        views.append(notify_view)
     return tuple(views)
 
 

@@ -97,3 +97,14 @@ async def stubborn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     with contextlib.suppress(ConnectionError):
         await reader.read()
     await asyncio.sleep(3600)
+
+
+async def immortal(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A handler that swallows every cancellation: only leaving the process ends it."""
+    writer.write(b"hi\n")
+    await writer.drain()
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:  # the point of this handler
+            continue

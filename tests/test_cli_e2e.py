@@ -143,3 +143,18 @@ def test_demo_config_serves_real_traffic() -> None:
         sp.signal(signal.SIGTERM)
         assert rest(chat) == b"* server shutting down, goodbye\n"
         assert sp.wait() == 0
+
+
+def test_handler_that_ignores_cancellation_cannot_keep_the_process_alive(tmp_path: Path) -> None:
+    body = """
+    servers:
+      - {name: stuck, handler: "tests.apps:immortal", port: 0, shutdown_timeout: 200ms}
+    """
+    with SupervisorProcess(write_config(tmp_path, body, total="1s")) as sp:
+        ports = sp.ready()
+        client = socket.create_connection(("127.0.0.1", ports["stuck"]), timeout=20)
+        assert client.recv(3) == b"hi\n"
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(timeout=20) == 0
+        client.close()
+    assert "1 task(s) ignored cancellation, exiting without them: " in sp.output
