@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from supervisor import Supervisor
+from supervisor.app import View
 from supervisor.config import load_config
 from supervisor.plan import Plan, make_plan
 from supervisor.state import ChildState
@@ -23,20 +24,32 @@ def plan_from(tmp_path: Path, text: str) -> Plan:
 
 
 @contextlib.asynccontextmanager
-async def running(plan: Plan) -> AsyncIterator[Supervisor]:
-    """Serve ``plan`` until the block ends, then shut down in order and check it ended cleanly."""
+async def served(plan: Plan, *views: View) -> AsyncIterator[tuple[Supervisor, list[object]]]:
+    """Like ``app.run_plan`` without signal handlers: enter ``views``, serve until the block ends, stop in order.
+
+    Yields the supervisor (ready) and what each view yielded.
+    """
     sup = Supervisor(plan)
-    task = asyncio.create_task(sup.serve(), name="supervisor")
-    try:
-        async with asyncio.timeout(DEADLINE):
-            await asyncio.wait((sup.ready, task), return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # raises what went wrong at startup
+    async with contextlib.AsyncExitStack() as stack:
+        entered = [await stack.enter_async_context(view(plan, sup)) for view in views]
+        task = asyncio.create_task(sup.serve(), name="supervisor")
+        try:
+            async with asyncio.timeout(DEADLINE):
+                await asyncio.wait((sup.ready, task), return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                task.result()  # raises what went wrong at startup
+            yield sup, entered
+        finally:
+            sup.request_stop("test")
+            async with asyncio.timeout(DEADLINE + 30):
+                await asyncio.wait((task,))
+
+
+@contextlib.asynccontextmanager
+async def running(plan: Plan) -> AsyncIterator[Supervisor]:
+    """Serve ``plan`` until the block ends, then shut down in order."""
+    async with served(plan) as (sup, _):
         yield sup
-    finally:
-        sup.request_stop("test")
-        async with asyncio.timeout(DEADLINE + 30):
-            await asyncio.wait((task,))
 
 
 def port_of(sup: Supervisor, name: str) -> int:

@@ -27,8 +27,8 @@ from supervisor.plan import Plan
 from supervisor.state import ChildState
 from supervisor.supervisor import Supervisor
 from supervisor.views import ViewError, is_loopback, view_problems
-from tests.e2e_util import free_port_run, require_tool, served, write_config
-from tests.helpers import ask, plan_from, port_of, wait_state
+from tests.e2e_util import free_port_run, require_tool, write_config
+from tests.helpers import ask, plan_from, port_of, served, wait_state
 from tests.proc import SupervisorProcess
 
 from supervisor.config import load_config  # isort: skip

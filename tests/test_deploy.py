@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from supervisor.config import load_config
 from supervisor.plan import make_plan
+from tests.e2e_util import require_tool
 from tests.proc import REPO
 
 DEPLOY = REPO / "deploy"
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing on CI: .ci/run must install it")
-        pytest.skip(f"{name} is not installed here")
-    return path
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
@@ -36,7 +25,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     )
     (tmp_path / "supervisor.service").write_text(unit)
     result = subprocess.run(
-        [tool("systemd-analyze"), "verify", str(tmp_path / "supervisor.service")],
+        [require_tool("systemd-analyze"), "verify", str(tmp_path / "supervisor.service")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -56,7 +45,7 @@ def test_systemd_stop_timeout_outlasts_the_supervisors_own_bound() -> None:
 
 def test_kubernetes_manifests_validate() -> None:
     result = subprocess.run(
-        [tool("kubernetes-validate"), "--strict", str(DEPLOY / "kubernetes" / "supervisor.yaml")],
+        [require_tool("kubernetes-validate"), "--strict", str(DEPLOY / "kubernetes" / "supervisor.yaml")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

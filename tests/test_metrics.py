@@ -20,8 +20,8 @@ from supervisor.plan import Plan
 from supervisor.state import DURATION_BUCKETS, ChildState
 from supervisor.supervisor import Supervisor
 from supervisor.views import ViewError, enabled_views
-from tests.e2e_util import free_port, require_tool, served, write_config
-from tests.helpers import ask, plan_from, port_of, wait_state
+from tests.e2e_util import free_port, require_tool, write_config
+from tests.helpers import ask, plan_from, port_of, served, wait_state
 from tests.proc import SupervisorProcess
 
 CONFIG = """
