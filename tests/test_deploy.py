@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,31 @@ def test_kubernetes_configmap_is_the_sample_config_and_plans() -> None:
     assert ports == {**{s.name: s.port for s in plan.servers}, "metrics": plan.metrics.port}
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_prometheus_alert_rules_check_and_pass_their_unit_tests() -> None:
+    promtool = require_tool("promtool")
+    rules = DEPLOY / "prometheus"
+    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
+        result = subprocess.run([promtool, *args], cwd=rules, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_every_metric_the_alerts_use_is_exported(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from supervisor import Supervisor
+    from supervisor.metrics import make_registry
+    from tests.helpers import plan_from
+
+    sup = Supervisor(plan_from(tmp_path, "servers: [{name: s, handler: 'tests.apps:lines', port: 0}]"))
+    exported = generate_latest(make_registry(sup, "asyncio")).decode()
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    used = {
+        name
+        for group in rules["groups"]
+        for rule in group["rules"]
+        for name in re.findall(r"\b(supervisor_[a-z_]+)", rule["expr"])
+    }
+    assert used
+    assert {name for name in used if f"\n{name}" not in exported} == set()
