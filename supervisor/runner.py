@@ -50,11 +50,24 @@ class _Reader(asyncio.StreamReader):
 
     def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=limit, loop=loop)
-        self.draining: asyncio.Event | None = None  # the generation's, set when it takes the connection
+        self.owner: Generation | None = None  # the generation serving this connection
         self._reading = ""  # the read waiting for data now, if any
+        self._fresh = True  # no byte received yet
+
+    def _between_messages(self, func_name: str) -> bool:
+        owner = self.owner
+        return (
+            owner is not None
+            and owner.ctx.draining.is_set()
+            and func_name in _BOUNDARY_READS
+            and not self._buffer  # type: ignore[attr-defined]
+            # At a restart, a connection accepted an instant before has its request still on the way:
+            # the old generation serves it. At shutdown it is closed like any idle one.
+            and not (self._fresh and owner.spare_fresh)
+        )
 
     async def _wait_for_data(self, func_name: str) -> None:
-        if not self._buffer and func_name in _BOUNDARY_READS and self.draining and self.draining.is_set():  # type: ignore[attr-defined]
+        if self._between_messages(func_name):
             self.feed_eof()
             return  # every caller re-checks _eof after waiting and reports end-of-stream
         self._reading = func_name
@@ -67,10 +80,11 @@ class _Reader(asyncio.StreamReader):
         # Bytes arriving after an end-of-stream we injected: the handler has finished; drop them
         # (StreamReader asserts otherwise, and the loop would abort the connection mid-goodbye).
         if not self._eof:  # type: ignore[attr-defined]
+            self._fresh = False
             super().feed_data(data)
 
     def eof_if_idle(self) -> None:
-        if self._reading in _BOUNDARY_READS and not self._buffer:  # type: ignore[attr-defined]
+        if self._reading and self._between_messages(self._reading):
             self.feed_eof()
 
 
@@ -204,6 +218,7 @@ class Generation:
         self._on_end = on_end
         self._stop: asyncio.Future[Reason] = loop.create_future()
         self._drain_budget: asyncio.Future[float] = loop.create_future()
+        self.spare_fresh = False  # see _Reader: set for a restart's drain
         self._conns: dict[asyncio.Task[Any], tuple[_Reader, asyncio.StreamWriter]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -229,8 +244,9 @@ class Generation:
             # wait for the next generation, not join one that is about to drain
             self._stop_accepting()
 
-    def start_drain(self, budget: float) -> None:
+    def start_drain(self, budget: float, *, restart: bool = False) -> None:
         if not self._drain_budget.done():
+            self.spare_fresh = restart
             self._drain_budget.set_result(budget)
 
     # -- the task -----------------------------------------------------------------------------------------------
@@ -266,6 +282,7 @@ class Generation:
                 raise
         finally:
             self._stop_accepting()
+            self.ctx.draining.set()
             self._cancel_all()
 
     def _end(self, reason: Reason) -> None:
@@ -274,7 +291,6 @@ class Generation:
             self._on_end(self, reason)
 
     def _stop_accepting(self) -> None:
-        self.ctx.draining.set()
         self._listener.detach(self)
 
     # -- connections (the per-connection path: keep it lean) -----------------------------------------------------
@@ -288,7 +304,7 @@ class Generation:
         assert task is not None
         assert self._handler is not None
         set_current(self.ctx)  # the Server was made outside this generation: give handlers its context
-        reader.draining = self.ctx.draining
+        reader.owner = self
         conns = self._conns
         conns[task] = (reader, writer)
         self._idle.clear()
@@ -335,6 +351,8 @@ class Generation:
         """Idle connections read EOF; busy ones get ``budget`` seconds; then the rest are cancelled."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        # Draining starts now, not at the stop: at shutdown each server waits for its turn.
+        self.ctx.draining.set()
         for reader, _ in self._conns.values():
             reader.eof_if_idle()
         if self._conns and not self._force.is_set():

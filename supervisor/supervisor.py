@@ -303,7 +303,7 @@ class Supervisor:
             return  # the shutdown drains every live generation itself, in order
         if gen is not None:
             # a restart never waits for the old connections: they drain beside the new generation
-            gen.start_drain(child.plan.shutdown_timeout)
+            gen.start_drain(child.plan.shutdown_timeout, restart=True)
         if child.gen is not (gen or _PENDING):
             # stopped on purpose (group restart, console) before it ended by itself
             if reason is not None and not isinstance(reason, StopServer | asyncio.CancelledError):
@@ -395,7 +395,7 @@ class Supervisor:
         gen, child.gen = child.gen, None
         if gen is not None and gen is not _PENDING:
             gen.stop(None)
-            gen.start_drain(child.plan.shutdown_timeout)
+            gen.start_drain(child.plan.shutdown_timeout, restart=True)
 
     # -- shutdown -------------------------------------------------------------------------------------------------
 

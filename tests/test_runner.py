@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from supervisor import Supervisor
-from supervisor.runner import _Reader
+from supervisor.runner import Generation, _Reader
 from supervisor.state import ChildState
 from tests import apps
 from tests.helpers import DEADLINE, ask, plan_from, port_of, running, wait_state
 
 
-def draining_reader() -> _Reader:
+def draining_reader(*, restart: bool = False, fresh: bool = False) -> _Reader:
+    """A reader whose generation is draining (for a restart or a shutdown)."""
+    draining = asyncio.Event()
+    draining.set()
     reader = _Reader(2**16, asyncio.get_running_loop())
-    reader.draining = asyncio.Event()
-    reader.draining.set()
+    reader.owner = cast(Generation, SimpleNamespace(ctx=SimpleNamespace(draining=draining), spare_fresh=restart))
+    if not fresh:
+        reader.feed_data(b"GET / HTTP/1.1\n")  # one message served already
+        assert reader._buffer  # type: ignore[attr-defined]
+        reader._buffer.clear()  # type: ignore[attr-defined]
     return reader
 
 
@@ -26,6 +34,20 @@ async def test_reader_waiting_for_the_next_message_reads_eof_while_draining() ->
     assert await reader.readline() == b""
     reader.feed_data(b"late bytes")  # a client still sending after the injected end-of-stream: dropped
     assert await reader.read() == b""
+
+
+async def test_a_fresh_connection_is_served_by_a_restarting_generation() -> None:
+    reader = draining_reader(restart=True, fresh=True)  # accepted an instant before the restart
+    line = asyncio.ensure_future(reader.readline())
+    await asyncio.sleep(0)
+    assert not line.done()  # its request is still on the way: wait for it
+    reader.feed_data(b"first\n")
+    assert await line == b"first\n"
+    assert await reader.readline() == b""  # then it is between messages like any other
+
+
+async def test_a_fresh_connection_is_ended_at_shutdown() -> None:
+    assert await draining_reader(restart=False, fresh=True).readline() == b""
 
 
 async def test_reader_with_buffered_bytes_finishes_the_message() -> None:
