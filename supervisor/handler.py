@@ -93,5 +93,15 @@ async def open_handler(target: object, direct: bool, options: Mapping[str, Any])
 
 
 def _check_handler(handler: object) -> None:
-    if not callable(handler):
+    call = type(handler).__call__ if callable(handler) else None  # an object with an async __call__
+    if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
         raise TypeError(f"the factory gave {handler!r}, expected an async def handle(reader, writer)")
+
+
+def looks_like_sync_handler(obj: object) -> bool:
+    """A plain ``def handle(reader, writer)``: a common slip, better reported at check time than per connection."""
+    if inspect.iscoroutinefunction(obj) or not inspect.isfunction(obj):
+        return False
+    params = list(inspect.signature(obj).parameters.values())
+    required = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(required) >= 2

@@ -12,7 +12,7 @@ from typing import Any
 
 from supervisor.config import BackoffSpec, Config, ConsoleSpec, MetricsSpec, ServerSpec, SupervisorSpec
 from supervisor.errors import ConfigError
-from supervisor.handler import is_direct_handler
+from supervisor.handler import is_direct_handler, looks_like_sync_handler
 
 _WILDCARDS = ("0.0.0.0", "::", "")
 _LINE = re.compile(r"^.*?:(\d+): ")
@@ -217,6 +217,12 @@ def _resolve(spec: ServerSpec, problems: list[str]) -> tuple[object, bool] | Non
         problems.append(
             f"{where}: '{spec.handler}' is not callable (it is of type {type(target).__name__}); "
             "name an async def handle(reader, writer) or a factory taking options"
+        )
+        return None
+    if looks_like_sync_handler(target):
+        problems.append(
+            f"{where}: '{spec.handler}' takes (reader, writer) but is not a coroutine function; "
+            "declare it with async def"
         )
         return None
     direct = is_direct_handler(target)

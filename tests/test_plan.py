@@ -472,6 +472,14 @@ def test_handler_that_is_not_callable(tmp_path: Path, module: Callable[[str], st
     ]
 
 
+def test_sync_handler_is_caught_at_check_time(tmp_path: Path, module: Callable[[str], str]) -> None:
+    name = module("def handle(reader, writer):\n    writer.close()\n")
+    assert problems_of(tmp_path, servers(f"name: a, handler: '{name}:handle', port: 1")) == [
+        f"4: servers[0].handler: '{name}:handle' takes (reader, writer) but is not a coroutine function; "
+        "declare it with async def"
+    ]
+
+
 def test_plain_handler_given_options(tmp_path: Path) -> None:
     text = f"""
         servers:
