@@ -17,8 +17,12 @@ Measures (medians over interleaved rounds; loopback only; every wait has a deadl
 3. the same with ``/sleep?s=10`` and the server's ``shutdown_timeout: 2s``.
 4. N idle keep-alive connections (each served one ``GET /``), SIGTERM: exit time, and RSS per connection
    (``VmRSS`` before/after opening them).
+5. throughput: ``wrk -t1 -c50 -dNs`` against ``GET /`` (HTTP/1.1 keep-alive hello), after a 1 s unmeasured
+   warm-up; with two or more CPUs the server runs on one CPU and wrk on another (``taskset -c``). Requests per
+   second as wrk reports them, and the server's CPU time (``/proc/PID/stat`` utime + stime) per request.
 
-Run: ``.venv/bin/python -m tests.bench.bench_core [--rounds N] [--quick] [--python PATH]`` from the repository.
+Run: ``.venv/bin/python -m tests.bench.bench_core [--rounds N] [--quick] [--python PATH] [--measures LIST]`` from
+the repository.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import math
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -66,6 +72,9 @@ BACKLOG = 4096  # net.core.somaxconn on these machines caps anything larger
 INFLIGHT_CLIENTS = 50
 SIGTERM_DELAY = 0.1  # in-flight requests are sent, then SIGTERM this much later
 CLIENT_GRACE = 3.0  # after the server exited, how long clients may take to read what they got
+WRK_CONNECTIONS = 50
+WRK_WARMUP = 1  # seconds of unmeasured wrk before each measured run (first requests pay for cold caches)
+WRK_GRACE = 15.0  # a wrk run must finish within its duration plus this, or it is killed
 
 Kind = Literal["ours", "seed"]
 Loop = Literal["asyncio", "uvloop"]
@@ -99,6 +108,8 @@ class Settings:
     long_bound: float
     idle_bound: float
     measures: tuple[str, ...]
+    duration: int = 3  # seconds per measured wrk run
+    cpus: tuple[int, int] | None = None  # (server, wrk) CPUs for the throughput measure; None: not pinned
 
 
 # -- subprocesses ---------------------------------------------------------------------------------------------------
@@ -178,6 +189,16 @@ class ServerProcess:
 
     def output(self) -> str:
         return "\n".join(self.tail)
+
+    def quiet(self, for_s: float = 0.2, bound: float = 5.0) -> None:
+        """Wait until no line came for ``for_s`` seconds (at most ``bound`` seconds in all)."""
+        deadline = time.monotonic() + bound
+        with self._cond:
+            while not self._eof:
+                seen = self.lines
+                left = deadline - time.monotonic()
+                if left <= 0 or (not self._cond.wait(min(for_s, left)) and self.lines == seen):
+                    return
 
     def own_shutdown(self) -> str:
         """What our supervisor logged as its shutdown time (the rest of the exit is interpreter teardown)."""
@@ -286,15 +307,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    """``cmd`` under ``taskset -c CPU`` (which execs it: the pid stays the command's, threads inherit the CPU)."""
+    return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
+
+
 @contextlib.contextmanager
 def start(
-    contender: Contender, settings: Settings, tmp: Path, app: Literal["http", "crashy"], shutdown_timeout: str = "5s"
+    contender: Contender,
+    settings: Settings,
+    tmp: Path,
+    app: Literal["http", "crashy"],
+    shutdown_timeout: str = "5s",
+    cpu: int | None = None,
 ) -> Iterator[tuple[ServerProcess, int]]:
-    """Start a contender and wait for its ready line; yield it with its port; always stop it afterwards."""
+    """Start a contender (on ``cpu`` if given) and wait for its ready line; yield it with its port; always stop
+    it afterwards."""
     if contender.kind == "ours":
         server = CRASHY_SERVER if app == "crashy" else _http_server(shutdown_timeout)
         cfg = _yaml_config(tmp, contender.loop, server)
-        sp = ServerProcess([settings.python, "-m", "supervisor", "run", str(cfg)], contender.label)
+        sp = ServerProcess(pinned([settings.python, "-m", "supervisor", "run", str(cfg)], cpu), contender.label)
         try:
             listening = sp.wait_for(LISTENING_RE)
             sp.wait_for(re.compile(re.escape(OURS_READY)))
@@ -307,7 +339,7 @@ def start(
         cmd += ["--backlog", str(BACKLOG)]
         if app == "crashy":  # the naive restart needs a fixed port to come back on
             cmd += ["--port", str(free_port()), "--crash-exits", "--respawn"]
-        sp = ServerProcess(cmd, contender.label, group=app == "crashy")
+        sp = ServerProcess(pinned(cmd, cpu), contender.label, group=app == "crashy")
         try:
             port = int(sp.wait_for(SEED_READY_RE).group(2))
         except BaseException:
@@ -535,6 +567,72 @@ def measure_idle(contender: Contender, settings: Settings, tmp: Path) -> dict[st
     return {"idle_exit": [exit_s], "idle_rss": [per_conn]}
 
 
+# -- measure 5: keep-alive throughput (wrk) -------------------------------------------------------------------------
+
+WRK_RPS_RE = re.compile(r"Requests/sec:\s+([\d.]+)")
+WRK_REQUESTS_RE = re.compile(r"(\d+) requests in ")
+WRK_ERRORS_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+WRK_NON2XX_RE = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+def pick_cpus() -> tuple[int, int] | None:
+    """(server CPU, wrk CPU): CPUs 0 and 1 when this process may use them, else its two lowest; None with fewer
+    than two CPUs or no ``taskset``."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2 or shutil.which("taskset") is None:
+        return None
+    return (allowed[0], allowed[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` (``/proc/PID/stat`` fields 14 and 15), in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    rps: float
+    requests: int
+    errors: int  # socket errors (connect, read, write, timeout) + non-2xx/3xx responses
+
+
+def run_wrk(port: int, seconds: int, cpu: int | None) -> WrkResult:
+    cmd = pinned(["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", f"http://{HOST}:{port}/"], cpu)
+    try:
+        out = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=seconds + WRK_GRACE, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"wrk did not finish within {seconds + WRK_GRACE:g}s (killed)") from None
+    rps, requests = WRK_RPS_RE.search(out.stdout), WRK_REQUESTS_RE.search(out.stdout)
+    if out.returncode != 0 or rps is None or requests is None:
+        raise BenchError(f"wrk exited {out.returncode} or printed no result:\n{out.stdout}{out.stderr}")
+    errors = sum(int(n) for n in m.groups()) if (m := WRK_ERRORS_RE.search(out.stdout)) else 0
+    errors += int(m[1]) if (m := WRK_NON2XX_RE.search(out.stdout)) else 0
+    return WrkResult(float(rps[1]), int(requests[1]), errors)
+
+
+def measure_throughput(contender: Contender, settings: Settings, tmp: Path) -> dict[str, list[float | None]]:
+    server_cpu, wrk_cpu = settings.cpus if settings.cpus else (None, None)
+    with start(contender, settings, tmp, "http", cpu=server_cpu) as (sp, port):
+        run_wrk(port, WRK_WARMUP, wrk_cpu)
+        sp.quiet()  # the seed logs a traceback per connection wrk resets at its end: not in the measured run
+        before = cpu_seconds(sp.pid)
+        result = run_wrk(port, settings.duration, wrk_cpu)
+        cpu = cpu_seconds(sp.pid) - before
+        sp.quiet()
+        alive, tracebacks, lines = sp.returncode is None, sp.tracebacks, sp.lines
+    us = cpu / result.requests * 1e6 if result.requests else None
+    _progress(
+        f"throughput {contender.label}: {result.rps:,.0f} req/s ({result.requests:,} requests in "
+        f"{settings.duration} s), server CPU {cpu:.2f} s = {_fmt(us, 'µs')}/request, wrk errors {result.errors}, "
+        f"log lines {lines}, tracebacks logged {tracebacks}{'' if alive else ', PROCESS EXITED'}"
+    )
+    return {"rps": [result.rps], "cpu_us": [us], "wrk_errors": [float(result.errors)]}
+
+
 # -- the table ------------------------------------------------------------------------------------------------------
 
 
@@ -549,7 +647,11 @@ class Row:
     unit: str
     stat: Stat = "p50"
     ratio: bool = False  # print "ours / seed" next to ours
+    base: str | None = None  # print "this / base" next to every other contender (base: a contender's label)
     bound: float | None = None  # for "timeout (>Ns, killed)"
+
+
+BASE = "seed asyncio"  # what the throughput rows are relative to (as the anchors are)
 
 
 def rows(settings: Settings) -> list[Row]:
@@ -569,6 +671,10 @@ def rows(settings: Settings) -> list[Row]:
         Row("idle_exit", f"{n:,} idle keep-alive connections: SIGTERM → exit", "≤ 0.3 s", "s", ratio=True,
             bound=settings.idle_bound),
         Row("idle_rss", f"… RSS per connection ({n:,} connections)", "—", "kB", ratio=True),
+        Row("rps", f"keep-alive hello, wrk -t1 -c{WRK_CONNECTIONS} -d{settings.duration}s: req/s, median "
+            f"(x {BASE})", "—", "req/s", base=BASE),
+        Row("cpu_us", f"… server CPU per request, median (x {BASE})", "—", "µs", base=BASE),
+        Row("wrk_errors", "… wrk socket errors + non-2xx responses, total", "0", "n", stat="sum"),
     ]  # fmt: skip
 
 
@@ -598,6 +704,10 @@ def _fmt(value: float | None, unit: str, bound: float | None = None) -> str:
         return f"{value:.3f} s"
     if unit == "kB":
         return f"{value:.2f} kB"
+    if unit == "req/s":
+        return f"{value:,.0f} req/s"
+    if unit == "µs":
+        return f"{value:.1f} µs"
     return f"{value:g}"
 
 
@@ -611,7 +721,7 @@ def cell(row: Row, samples: Sequence[float | None]) -> str:
     if value is not None and row.key == "crash_refused":
         text += f" ({_value(samples, 'max'):g})"
     if value is not None and row.stat == "sum":
-        text += f" in {len(samples)} crashes"
+        text += f" in {len(samples)} {'crashes' if row.key.startswith('crash') else 'runs'}"
     missing = sum(1 for x in samples if x is None)
     if missing:
         what = "crashes not served again" if row.key.startswith("crash") else "rounds timed out"
@@ -636,6 +746,11 @@ def render(settings: Settings, results: dict[tuple[str, str], list[float | None]
                     text += f" ({ours / seed:.2g}x seed)"
                 elif ours is not None and (row.key, f"seed {c.loop}") in results:
                     text += " (seed: n/a)"
+            if row.base and c.label != row.base:
+                this = _value(samples, row.stat)
+                base = _value(results.get((row.key, row.base), []), row.stat)
+                if this is not None and base:
+                    text += f" ({this / base:.2f}x)"
             cells.append(text)
         lines.append(f"| {row.title} | {row.target} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -661,7 +776,16 @@ Notes:
   them forever even when every request completed. Seed exits that are fast because requests were dropped
   (3.11, uvloop) are not comparable: read them with the completed counts.
 - RSS per connection: VmRSS of the serving process after opening the idle connections minus before, divided by
-  their number (each connection served one `GET /` first)."""
+  their number (each connection served one `GET /` first).
+- Throughput: one wrk thread, 50 keep-alive connections, `GET /` of `supervisor.handlers.http:make` (both
+  contenders serve that handler), after 1 s of unmeasured wrk; ratios are to seed asyncio. Server CPU per request
+  = the server process's utime + stime (all threads; ours includes its log thread) over the measured run, divided
+  by the requests wrk counted (in 10 ms clock ticks: under 1% of a run). When wrk stops it resets
+  connections with requests in flight; the seed then logs one `ConnectionResetError` traceback per connection
+  (~50 per run; ours logs none): the measured run starts once the warm-up's lines have stopped coming.
+- Quoted, not measured (anchors.md §5, their rig: 2 cores, 3.11.7, server and wrk on separate cores): the bare
+  seed pattern ~118k req/s, the same under uvloop ~151k (1.27x). This machine is slower: compare ratios, not
+  absolute req/s."""
 
 
 # -- main -----------------------------------------------------------------------------------------------------------
@@ -701,7 +825,7 @@ def raise_nofile(need: int) -> None:
         raise SystemExit(f"bench: RLIMIT_NOFILE is {soft}, {need} needed; lower --idle")
 
 
-MEASURES = ("crash", "inflight", "long", "idle")
+MEASURES = ("crash", "inflight", "long", "idle", "throughput")
 
 
 def run_round(settings: Settings, tmp: Path, r: int, results: dict[tuple[str, str], list[float | None]]) -> None:
@@ -715,6 +839,7 @@ def run_round(settings: Settings, tmp: Path, r: int, results: dict[tuple[str, st
             c, settings, tmp, seconds=10, drain="2s", bound=settings.long_bound, key="long"
         ),
         "idle": lambda c: measure_idle(c, settings, tmp),
+        "throughput": lambda c: measure_throughput(c, settings, tmp),
     }
     for name in settings.measures:
         for contender in order:
@@ -730,10 +855,13 @@ def run_round(settings: Settings, tmp: Path, r: int, results: dict[tuple[str, st
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, --quick 1)")
-    parser.add_argument("--quick", action="store_true", help="1 round, 10 crashes, 1,000 idle connections")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 round, 10 crashes, 1,000 idle connections, 2 s throughput runs"
+    )
     parser.add_argument("--python", default=sys.executable, help="interpreter for the servers (default: this one)")
     parser.add_argument("--crashes", type=int, default=None, help="crashes per contender per round (default 30)")
     parser.add_argument("--idle", type=int, default=None, help="idle connections (default 5,000)")
+    parser.add_argument("--duration", type=int, default=None, help="seconds per throughput run (default 3, --quick 2)")
     parser.add_argument(
         "--measures", default=",".join(MEASURES), help=f"comma-separated subset of {','.join(MEASURES)}"
     )
@@ -755,13 +883,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         long_bound=4.0,
         idle_bound=6.0,  # 3.11's seed logs a traceback per connection: 2.5-4 s on this box
         measures=tuple(m for m in MEASURES if m in args.measures.split(",")),
+        duration=max(1, args.duration if args.duration is not None else (2 if args.quick else 3)),
+        cpus=pick_cpus(),
     )
+    throughput = ""
+    if "throughput" in settings.measures:
+        if shutil.which("wrk") is None:
+            print("bench: wrk is not installed (apt-get install wrk): throughput skipped", file=sys.stderr)
+            settings = dataclasses.replace(settings, measures=tuple(m for m in settings.measures if m != "throughput"))
+            throughput = ", throughput skipped (no wrk)"
+        elif settings.cpus:
+            throughput = f", throughput: server on CPU {settings.cpus[0]}, wrk on CPU {settings.cpus[1]}"
+        else:
+            why = "no taskset" if shutil.which("taskset") is None else "fewer than 2 CPUs"
+            throughput = f", throughput: server and wrk NOT pinned ({why})"
+        if not settings.measures:
+            raise SystemExit("bench: nothing to measure")
     raise_nofile(settings.idle + 1000)
     version = check_python(settings.python)
     header = (
         f"bench_core: servers on Python {version} ({settings.python}), {settings.rounds} round(s), "
         f"{settings.crashes} crashes/contender/round, {settings.idle:,} idle connections, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.2f} at start"
+        f"load average {os.getloadavg()[0]:.2f} at start{throughput}"
     )
     print(header, file=sys.stderr, flush=True)
     results: dict[tuple[str, str], list[float | None]] = {}
