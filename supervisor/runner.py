@@ -19,7 +19,7 @@ import asyncio
 import logging
 import socket
 from asyncio.selector_events import BaseSelectorEventLoop
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, SupportsIndex
 
 from supervisor.errors import StopServer
@@ -51,7 +51,7 @@ class _Reader(asyncio.StreamReader):
     def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=limit, loop=loop)
         self.owner: Generation | None = None  # the generation serving this connection
-        self._reading = ""  # the read waiting for data now, if any
+        self._reading = ""  # the last read that had to wait for data
         self._fresh = True  # no byte received yet
 
     def _between_messages(self, func_name: str) -> bool:
@@ -66,15 +66,16 @@ class _Reader(asyncio.StreamReader):
             and not (self._fresh and owner.spare_fresh)
         )
 
-    async def _wait_for_data(self, func_name: str) -> None:
+    def _wait_for_data(self, func_name: str) -> Awaitable[None]:
+        # Not a coroutine: every read that waits passes here, so hand back the base class's own
+        # awaitable instead of wrapping it in one more coroutine frame per request.
+        self._reading = func_name
         if self._between_messages(func_name):
             self.feed_eof()
-            return  # every caller re-checks _eof after waiting and reports end-of-stream
-        self._reading = func_name
-        try:
-            await super()._wait_for_data(func_name)  # type: ignore[misc]
-        finally:
-            self._reading = ""
+            done: asyncio.Future[None] = self._loop.create_future()  # type: ignore[attr-defined]
+            done.set_result(None)
+            return done  # every caller re-checks _eof after waiting and reports end-of-stream
+        return super()._wait_for_data(func_name)  # type: ignore[misc, no-any-return]
 
     def feed_data(self, data: Iterable[SupportsIndex]) -> None:
         # Bytes arriving after an end-of-stream we injected: the handler has finished; drop them
@@ -84,7 +85,8 @@ class _Reader(asyncio.StreamReader):
             super().feed_data(data)
 
     def eof_if_idle(self) -> None:
-        if self._reading and self._between_messages(self._reading):
+        # _waiter: a read is blocked right now (_reading names it; it is not cleared after the wait)
+        if self._waiter is not None and self._between_messages(self._reading):  # type: ignore[attr-defined]
             self.feed_eof()
 
 
