@@ -208,7 +208,7 @@ def test_prometheus_sees_traffic_restarts_and_the_drain(
 
 
 def test_a_missing_prometheus_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name, path=None: None)
     monkeypatch.setattr(e2e_util, "IN_CI", False)
     with pytest.raises(pytest.skip.Exception, match="prometheus is not installed"):
         e2e_util.require_tool("prometheus")
