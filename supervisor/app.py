@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from supervisor.plan import Plan
@@ -23,8 +23,3 @@ async def run_plan(plan: Plan, views: tuple[View, ...] = ()) -> None:
             await stack.enter_async_context(view(plan, supervisor))
         with handle_signals(asyncio.get_running_loop(), supervisor.request_stop):
             await supervisor.serve()
-
-
-@contextlib.asynccontextmanager
-async def no_view(plan: Plan, supervisor: Supervisor) -> AsyncIterator[None]:
-    yield

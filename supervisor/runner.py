@@ -232,10 +232,6 @@ class Generation:
     def name(self) -> str:
         return f"{self.plan.name}#{self.number}"
 
-    @property
-    def connections(self) -> int:
-        return len(self._conns)
-
     # -- requests from the supervisor ---------------------------------------------------------------------------
 
     def stop(self, reason: Reason = None) -> None:
