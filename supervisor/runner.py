@@ -364,9 +364,10 @@ class Generation:
         if self._conns:
             peers = ", ".join(_peer(w) for _, w in list(self._conns.values())[:5])
             more = f" and {len(self._conns) - 5} more" if len(self._conns) > 5 else ""
+            why = "skipped (second stop request)" if self._force.is_set() else f"budget {budget:.1f}s used up"
             LOGGER.warning(
-                "server %s: drain budget %.1fs used up, cancelling %d connection(s) of generation %d: %s%s",
-                self.plan.name, budget, len(self._conns), self.number, peers, more,
+                "server %s: drain %s, cancelling %d connection(s) of generation %d: %s%s",
+                self.plan.name, why, len(self._conns), self.number, peers, more,
             )  # fmt: skip
             self.stats.drain_cancelled += len(self._conns)
             self._cancel_all()

@@ -86,6 +86,7 @@ def test_second_signal_skips_the_drain(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
         assert rest(client) == b""
     assert "second stop request (SIGTERM): skipping the drain wait" in sp.output
+    assert "server work: drain skipped (second stop request), cancelling 1 connection(s) of generation 1" in sp.output
 
 
 def test_gives_up_and_exits_1_when_a_port_stays_taken(tmp_path: Path) -> None:

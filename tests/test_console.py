@@ -155,6 +155,7 @@ async def test_help_lists_the_supervisor_commands(tmp_path: Path) -> None:
     assert "Restart a server" in restart_help
 
 
+@pytest.mark.e2e
 def test_shutdown_does_not_hang_with_a_repl_session_open(tmp_path: Path) -> None:
     """aiomonitor's close() deadlocks on the app loop while a REPL session is open (P3): ours must not."""
     port = free_port_run(3)
@@ -282,6 +283,7 @@ async def test_console_and_metrics_together(tmp_path: Path) -> None:
     assert re.search(r"alpha\s+stopped", out)
 
 
+@pytest.mark.e2e
 def test_debian_telnet_in_tmux(tmp_path: Path) -> None:
     """What an operator does: `telnet 127.0.0.1 PORT`, type `status` and `restart alpha`, then `exit`."""
     tmux, telnet = require_tool("tmux"), require_tool("telnet")

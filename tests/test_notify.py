@@ -75,5 +75,6 @@ async def test_without_notify_socket_nothing_happens(tmp_path: Path) -> None:
     async with notify_view(sup.plan, sup, {}):
         task = asyncio.create_task(sup.serve())
         await asyncio.wait_for(asyncio.shield(sup.ready), DEADLINE)
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("sd_notify")]
         sup.request_stop("test")
         await task
