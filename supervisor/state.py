@@ -50,7 +50,6 @@ class ChildStatus:
     state: ChildState
     address: str  # "host:port" once bound, else ""
     restart: str
-    since: float  # loop time of the last state change
     started_at: float | None  # loop time the current generation became ready
     generation: int
     restarts: int
@@ -62,7 +61,6 @@ class TreeSnapshot:
     children: tuple[ChildStatus, ...] = ()
     ready: bool = False
     shutting_down: bool = False
-    now: float = 0.0
 
     def child(self, name: str) -> ChildStatus | None:
         return next((c for c in self.children if c.name == name), None)

@@ -50,7 +50,6 @@ class Child:
     live: set[Generation] = field(default_factory=set)  # every generation whose task still runs
     generation: int = 0
     not_before: float = 0.0  # loop time before which a restart must not start
-    since: float = 0.0
     started_at: float | None = None
     address: str = ""
     restarts: int = 0
@@ -459,9 +458,7 @@ class Supervisor:
                 child.listener = None
 
     def _set_state(self, child: Child, state: ChildState) -> None:
-        if child.state is not state:
-            child.state = state
-            child.since = self.now() if self._loop else 0.0
+        child.state = state
         self._publish()
 
     def _publish(self) -> None:
@@ -470,7 +467,6 @@ class Supervisor:
             children=tuple(self._status(c) for c in self.children),
             ready=ready and not self._shutting_down and self._all_up(),
             shutting_down=self._shutting_down,
-            now=self.now() if self._loop else 0.0,
         )
         changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
         changed.set_result(None)
@@ -482,7 +478,6 @@ class Supervisor:
             state=c.state,
             address=c.address or f"{c.plan.host}:{c.plan.port}",
             restart=c.plan.restart,
-            since=c.since,
             started_at=c.started_at,
             generation=c.generation,
             restarts=c.restarts,
