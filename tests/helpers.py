@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,8 +19,13 @@ DEADLINE = 10.0
 
 
 def plan_from(tmp_path: Path, text: str) -> Plan:
+    """A plan from YAML text; in-process tests have no metrics or console unless the text turns them on."""
+    text = textwrap.dedent(text)
+    for view in ("metrics", "console"):
+        if not re.search(rf"^{view}:", text, re.MULTILINE):
+            text = f"{view}: {{enabled: false}}\n{text}"
     path = tmp_path / "supervisor.yaml"
-    path.write_text(textwrap.dedent(text))
+    path.write_text(text)
     return make_plan(load_config(path))
 
 

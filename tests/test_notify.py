@@ -15,8 +15,6 @@ from supervisor.notify import notify_view, watchdog_interval
 from tests.helpers import DEADLINE, plan_from
 
 CONFIG = """
-metrics: {enabled: false}
-console: {enabled: false}
 servers:
   - {name: a, handler: "tests.apps:lines", port: 0}
   - {name: b, handler: "tests.apps:lines", port: 0}

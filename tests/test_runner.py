@@ -81,8 +81,6 @@ async def test_body_being_read_survives_shutdown(tmp_path: Path) -> None:
     plan = plan_from(
         tmp_path,
         """
-        metrics: {enabled: false}
-        console: {enabled: false}
         servers: [{name: f, handler: "tests.apps:framed", port: 0}]
         """,
     )
@@ -106,8 +104,6 @@ async def test_client_errors_never_restart_a_server(tmp_path: Path) -> None:
     plan = plan_from(
         tmp_path,
         """
-        metrics: {enabled: false}
-        console: {enabled: false}
         servers: [{name: s, handler: "tests.apps:lines", port: 0, on_handler_error: restart}]
         """,
     )
@@ -123,8 +119,6 @@ async def test_a_slow_start_holds_up_nobody_else(tmp_path: Path) -> None:
     plan = plan_from(
         tmp_path,
         """
-        metrics: {enabled: false}
-        console: {enabled: false}
         servers:
           - {name: slow, handler: "tests.apps:gated", port: 0}
           - {name: s, handler: "tests.apps:lines", port: 0, on_handler_error: restart, backoff: {initial: 0}}
@@ -154,8 +148,6 @@ async def test_stop_right_after_a_group_restart_is_still_bounded(tmp_path: Path,
         tmp_path,
         f"""
         supervisor: {{strategy: {strategy}, shutdown_timeout: 2s}}
-        metrics: {{enabled: false}}
-        console: {{enabled: false}}
         servers:
           - {{name: a, handler: "tests.apps:lines", port: 0, backoff: {{initial: 0}}}}
           - {{name: b, handler: "tests.apps:lines", port: 0, backoff: {{initial: 0}}, on_handler_error: restart}}
@@ -177,8 +169,6 @@ async def test_accepted_connections_have_nodelay(tmp_path: Path) -> None:
     plan = plan_from(
         tmp_path,
         """
-        metrics: {enabled: false}
-        console: {enabled: false}
         servers: [{name: s, handler: "tests.apps:lines", port: 0}]
         """,
     )

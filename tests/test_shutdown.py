@@ -14,8 +14,6 @@ from tests.helpers import DEADLINE, assert_not_served, plan_from, port_of
 
 CONFIG = """
 supervisor: {{shutdown_timeout: {total}}}
-metrics: {{enabled: false}}
-console: {{enabled: false}}
 servers:
   - {{name: s, handler: "{handler}", port: 0, shutdown_timeout: {budget}}}
 """
@@ -127,8 +125,6 @@ async def test_supervisor_shutdown_timeout_bounds_everything(tmp_path: Path) -> 
         tmp_path,
         """
         supervisor: {shutdown_timeout: 300ms}
-        metrics: {enabled: false}
-        console: {enabled: false}
         servers:
           - {name: a, handler: "tests.apps:stubborn", port: 0, shutdown_timeout: 30s}
           - {name: b, handler: "tests.apps:stubborn", port: 0, shutdown_timeout: 30s}

@@ -20,8 +20,6 @@ FAST = "backoff: {initial: 0}"
 def three(strategy: str, *, extra: str = "") -> str:
     return f"""
     supervisor: {{strategy: {strategy}, max_restarts: 20}}
-    metrics: {{enabled: false}}
-    console: {{enabled: false}}
     servers:
       - {{name: a, handler: "tests.apps:journaled", port: 0, {FAST}}}
       - {{name: b, handler: "tests.apps:journaled", port: 0, on_handler_error: restart, {FAST}{extra}}}
@@ -53,8 +51,6 @@ async def test_after_orders_start_and_reverses_stop(tmp_path: Path) -> None:
     plan = plan_from(
         tmp_path,
         """
-        metrics: {enabled: false}
-        console: {enabled: false}
         servers:
           - {name: api, handler: "tests.apps:journaled", port: 0, after: [db, cache]}
           - {name: db, handler: "tests.apps:journaled", port: 0}
@@ -133,8 +129,6 @@ async def test_transient_and_temporary(tmp_path: Path) -> None:
     plan = plan_from(
         tmp_path,
         f"""
-        metrics: {{enabled: false}}
-        console: {{enabled: false}}
         servers:
           - {{name: t1, handler: "tests.apps:lines", port: 0, restart: transient, on_handler_error: restart, {FAST}}}
           - {{name: t2, handler: "tests.apps:lines", port: 0, restart: transient, {FAST}}}
@@ -165,8 +159,6 @@ async def test_lifespan_failures_are_restarts(tmp_path: Path) -> None:
     plan = plan_from(
         tmp_path,
         f"""
-        metrics: {{enabled: false}}
-        console: {{enabled: false}}
         servers:
           - name: bg
             handler: "tests.apps:journaled"
@@ -187,8 +179,6 @@ async def test_lifespan_enter_failure_gives_up_after_max_restarts(tmp_path: Path
         tmp_path,
         f"""
         supervisor: {{max_restarts: 3, restart_window: 60s}}
-        metrics: {{enabled: false}}
-        console: {{enabled: false}}
         servers:
           - {{name: ok, handler: "tests.apps:lines", port: 0}}
           - {{name: bad, handler: "tests.apps:journaled", port: 0, {FAST}, options: {{fail_enter: true}}}}
@@ -209,8 +199,6 @@ async def test_port_in_use_is_retried_until_free(tmp_path: Path, caplog: pytest.
     plan = plan_from(
         tmp_path,
         f"""
-        metrics: {{enabled: false}}
-        console: {{enabled: false}}
         servers:
           - {{name: late, handler: "tests.apps:lines", port: {port}, backoff: {{initial: 10ms, max: 50ms}}}}
         """,
@@ -252,8 +240,6 @@ async def test_old_generation_drains_beside_the_new_one(tmp_path: Path) -> None:
     plan = plan_from(
         tmp_path,
         f"""
-        metrics: {{enabled: false}}
-        console: {{enabled: false}}
         servers:
           - {{name: s, handler: "tests.apps:lines", port: 0, {FAST}, shutdown_timeout: 5s}}
         """,
@@ -277,8 +263,6 @@ async def test_stop_request_during_backoff_exits_promptly(tmp_path: Path) -> Non
     plan = plan_from(
         tmp_path,
         """
-        metrics: {enabled: false}
-        console: {enabled: false}
         servers:
           - name: s
             handler: "tests.apps:lines"
