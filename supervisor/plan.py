@@ -140,6 +140,8 @@ def _check_binds(config: Config, problems: list[str]) -> None:
         where = str(config.where("console.port"))
         claim(c.host, c.port, "the console", where)
         claim(c.host, c.port + 1, "the console's web UI (console.port + 1)", where)
+        if c.repl:
+            claim(c.host, c.port + 2, "the console's Python REPL (console.port + 2)", where)
     for s in config.servers:
         claim(s.host, s.port, f"server '{s.name}'", str(s.where("port")))
 

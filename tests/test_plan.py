@@ -543,3 +543,17 @@ def test_config_built_in_code_reports_without_locations(tmp_path: Path) -> None:
     assert info.value.problems == [
         "<config>:0: server 'a'.handler: module 'supervisor.handlers.echo' has no attribute 'nope'"
     ]
+
+
+def test_the_repl_port_is_claimed_when_the_repl_is_on(tmp_path: Path) -> None:
+    text = f"""
+        console: {{port: 20101, repl: true}}
+        servers:
+          - {{name: a, handler: {ECHO}, port: 20103}}
+        """
+    (problem,) = problems_of(tmp_path, text)
+    assert problem.endswith(
+        "servers[0].port: 127.0.0.1:20103 is already used by the console's Python REPL (console.port + 2); "
+        "pick another port"
+    )
+    assert [s.port for s in plan_of(tmp_path, text.replace("repl: true", "repl: false")).servers] == [20103]
