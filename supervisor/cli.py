@@ -141,7 +141,12 @@ def _run_loop(loop: asyncio.AbstractEventLoop, main: Coroutine[Any, Any, None]) 
                 _, stuck = loop.run_until_complete(asyncio.wait(left, timeout=EXIT_GRACE))
                 if stuck:
                     names = ", ".join(sorted(t.get_name() for t in stuck)[:5])
-                    LOGGER.error("%d task(s) ignored cancellation, exiting without them: %s", len(stuck), names)
+                    LOGGER.error(
+                        "%d task(s) ignored cancellation, exiting without them: %s "
+                        "(a handler that catches CancelledError and carries on; the drain warnings above name "
+                        "its server)",
+                        len(stuck), names,
+                    )  # fmt: skip
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:

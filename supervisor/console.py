@@ -308,7 +308,9 @@ async def console_view(plan: Plan, supervisor: Supervisor) -> AsyncIterator[Supe
             "servers, and its web UI on port %d can cancel tasks; there is no authentication",
             spec.host, spec.port, spec.port + 1,
         )  # fmt: skip
-    ports = (spec.port, spec.port + 1, spec.port + 2) if spec.repl else (spec.port, spec.port + 1)
+    ports = [(spec.port, "telnet, console.port"), (spec.port + 1, "web UI, console.port + 1")]
+    if spec.repl:
+        ports.append((spec.port + 2, "Python REPL, console.port + 2"))
     check_ports_free(spec.host, ports, "console")
     loop = asyncio.get_running_loop()
     monitor = SupervisorMonitor(
@@ -328,11 +330,17 @@ async def console_view(plan: Plan, supervisor: Supervisor) -> AsyncIterator[Supe
         if logging.getLogger(noisy).level == logging.NOTSET:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     if not await _in_thread(monitor.start, START_TIMEOUT, "console-start"):
-        raise ViewError(f"console: aiomonitor did not start within {START_TIMEOUT:g}s on {spec.host}:{spec.port}")
+        raise ViewError(
+            f"console: aiomonitor did not start within {START_TIMEOUT:g}s on {spec.host}:{spec.port}; "
+            "rerun with --log-level DEBUG to see why, or set console.enabled: false to run without it"
+        )
     monitor._event_loop_thread_id = threading.get_ident()  # `stacktrace` shows this thread, not the starter
     try:
         if port_is_free(spec.host, spec.port):  # aiomonitor skips a telnet port it cannot bind, silently (P4)
-            raise ViewError(f"console: the telnet server did not start on {spec.host}:{spec.port}")
+            raise ViewError(
+                f"console: the telnet server did not start on {spec.host}:{spec.port}; "
+                "another process may have taken the port just now: pick another console.port"
+            )
         LOGGER.info(
             "console listening on telnet://%s:%d (web UI http://%s:%d)", spec.host, spec.port, spec.host, spec.port + 1
         )

@@ -85,19 +85,21 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
 
 
-def check_ports_free(host: str, ports: Iterable[int], what: str) -> None:
+def check_ports_free(host: str, ports: Iterable[tuple[int, str]], what: str) -> None:
     """Raise ViewError if any of ``ports`` on ``host`` is already listened on.
 
     aiomonitor cannot report a failed bind: a busy web UI port makes its start hang forever and a busy
     telnet port is silently skipped (platform-facts P4), so the console checks its ports first.
     """
-    for port in ports:
+    for port, role in ports:
         try:
             free = port_is_free(host, port)
         except OSError as exc:
-            raise ViewError(f"{what}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise ViewError(f"{what}: cannot listen on {host}:{port} ({role}): {exc.strerror or exc}") from None
         if not free:
-            raise ViewError(f"{what}: {host}:{port} is already in use; pick another console.port")
+            raise ViewError(
+                f"{what}: {host}:{port} is already in use ({role}); pick another console.port or free that port"
+            )
 
 
 def port_is_free(host: str, port: int) -> bool:
