@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from supervisor import __version__
+from supervisor.address import Address
 from supervisor.plan import Plan
 from supervisor.state import DURATION_BUCKETS, ChildState
 from supervisor.supervisor import Supervisor
@@ -187,7 +188,7 @@ class MetricsServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        LOGGER.info("metrics listening on http://%s:%d/metrics", _url_host(self.host), self.port)
+        LOGGER.info("metrics listening on http://%s/metrics", Address(self.host, self.port))
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -217,10 +218,6 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.create_server((host, port), family=family, backlog=128)
     sock.setblocking(False)
     return sock
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from supervisor.address import Address
 from supervisor.config import BackoffSpec, Config, ConsoleSpec, MetricsSpec, ServerSpec, SupervisorSpec
 from supervisor.errors import ConfigError
 from supervisor.handler import is_direct_handler, looks_like_sync_handler
@@ -52,7 +53,7 @@ class Plan:
             (
                 str(p.rank + 1),
                 p.name,
-                f"{p.host}:{p.port}",
+                str(Address(p.host, p.port)),
                 p.restart,
                 p.on_handler_error,
                 f"{p.backoff.initial:g}s x{p.backoff.factor:g} <= {p.backoff.max:g}s",

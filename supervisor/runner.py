@@ -22,6 +22,7 @@ from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, SupportsIndex
 
+from supervisor.address import Address
 from supervisor.errors import StopServer
 from supervisor.handler import Handler, ServerContext, open_handler, set_current
 from supervisor.plan import ServerPlan
@@ -97,7 +98,7 @@ class Listener:
         self.plan = plan
         self.sock = sock
         host, port = sock.getsockname()[:2]
-        self.address: tuple[str, int] = (host, port)
+        self.address = Address(host, port)
         self.current: Generation | None = None
         self._next: asyncio.Future[Generation | None] | None = None
         self._server: asyncio.Server | None = None
@@ -121,7 +122,7 @@ class Listener:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            raise OSError(exc.errno, f"{exc.strerror} (while binding {plan.host}:{plan.port})") from None
+            raise OSError(exc.errno, f"{exc.strerror} (while binding {Address(plan.host, plan.port)})") from None
         return cls(plan, sock)
 
     async def start(self) -> None:
@@ -213,7 +214,7 @@ class Generation:
         self.number = number
         self.ctx = ServerContext(plan.name, number, plan.options)
         self.stats = stats
-        self.ready: asyncio.Future[tuple[str, int]] = loop.create_future()
+        self.ready: asyncio.Future[Address] = loop.create_future()
         self.task: asyncio.Task[None] | None = None
         self._listener = listener
         self._force = force

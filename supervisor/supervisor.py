@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from supervisor.address import Address
 from supervisor.errors import GaveUp, StopServer
 from supervisor.plan import Plan, ServerPlan
 from supervisor.restart import Backoff, Intensity, should_restart
@@ -118,9 +119,9 @@ class Supervisor:
         self._gave_up: str | None = None
         self._wake_at: float | None = None  # the earliest pending backoff wake-up
         self.stop_reason = ""
-        # The readiness handshake: resolves with every bound (host, port) once all servers serve.
+        # The readiness handshake: resolves with every bound address once all servers serve.
         # Created here, so construct the Supervisor inside the loop that will run it.
-        self.ready: asyncio.Future[list[tuple[str, int]]] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[list[Address]] = asyncio.get_running_loop().create_future()
 
     # -- public, on the loop ------------------------------------------------------------------------------------
 
@@ -260,13 +261,13 @@ class Supervisor:
 
     async def _start(self, child: Child) -> None:
         assert self._tg is not None
-        self._set_state(child, ChildState.STARTING)
         if child.listener is None:
             try:
                 listener = Listener.bind(child.plan)
             except OSError as exc:
                 self._post(_Ended(child, None, exc))
                 child.gen = _PENDING  # keeps reconcile from retrying before the failure is handled
+                self._set_state(child, ChildState.STARTING)
                 return
             child.listener = listener
             await listener.start()
@@ -274,6 +275,7 @@ class Supervisor:
         gen = Generation(child.plan, child.generation, child.listener, child.stats, self._force, self._on_end)
         child.gen = gen
         child.live.add(gen)
+        self._set_state(child, ChildState.STARTING)  # published with the new generation's number
         gen.task = self._tg.create_task(gen.run(), name=f"server:{child.name}")
         gen.task.add_done_callback(lambda _t: child.live.discard(gen))
         gen.ready.add_done_callback(lambda _f: self._post(_Ready(child, gen)))
@@ -281,8 +283,7 @@ class Supervisor:
     def _ready(self, child: Child, gen: Generation) -> None:
         if child.gen is not gen or gen.ready.cancelled() or gen.ready.exception() is not None:
             return  # failed or replaced before it was ready: its _Ended event tells the story
-        host, port = gen.ready.result()
-        child.address = f"{host}:{port}"
+        child.address = str(gen.ready.result())
         child.started_at = self.now()
         self._set_state(child, ChildState.RUNNING)
         child.flush()
@@ -476,7 +477,7 @@ class Supervisor:
         return ChildStatus(
             name=c.name,
             state=c.state,
-            address=c.address or f"{c.plan.host}:{c.plan.port}",
+            address=c.address or str(Address(c.plan.host, c.plan.port)),
             restart=c.plan.restart,
             started_at=c.started_at,
             generation=c.generation,

@@ -17,7 +17,8 @@ JOURNAL: list[tuple[str, str]] = []
 
 async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Line protocol: ``crash`` raises, ``stop`` raises StopServer, ``sleep N`` answers after N s,
-    ``work N`` answers ``working`` then ``done`` after N s, ``who`` names the generation, else echo."""
+    ``work N`` answers ``working`` then ``done`` after N s, ``who`` names the generation, ``blurt N`` writes
+    N bytes and ends the handler without draining them, else echo."""
     try:
         while line := await reader.readline():
             cmd, _, arg = line.strip().partition(b" ")
@@ -38,6 +39,9 @@ async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             elif cmd == b"nodelay":
                 sock = writer.get_extra_info("socket")
                 writer.write(b"%d\n" % bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+            elif cmd == b"blurt":  # N bytes written without waiting for the client to read them, then done
+                writer.write(b"x" * int(arg))
+                return
             elif cmd == b"who":
                 ctx = current_server()
                 writer.write(f"{ctx.name}#{ctx.generation}\n".encode())
@@ -55,6 +59,8 @@ async def journaled(options: Mapping[str, Any]) -> AsyncIterator[Handler]:
     JOURNAL.append((name, "enter"))
     if options.get("fail_enter"):
         raise RuntimeError("lifespan enter failed")
+    if options.get("stop_enter"):
+        raise StopServer
     async with asyncio.TaskGroup() as tg:
         if (delay := options.get("background_fails_after")) is not None:
             tg.create_task(_fail_after(float(delay)))
@@ -62,6 +68,8 @@ async def journaled(options: Mapping[str, Any]) -> AsyncIterator[Handler]:
             yield lines
         finally:
             JOURNAL.append((name, "exit"))
+    if options.get("fail_exit"):
+        raise RuntimeError("lifespan exit failed")
 
 
 # Lifespans of ``gated`` servers wait here until a test opens their gate: a start that takes a while.
@@ -70,7 +78,13 @@ GATES: dict[str, asyncio.Event] = {}
 
 @contextlib.asynccontextmanager
 async def gated(options: Mapping[str, Any]) -> AsyncIterator[Handler]:
-    await GATES.setdefault(current_server().name, asyncio.Event()).wait()
+    """Generations from ``from_generation`` on (default: every one) wait for the server's gate to open;
+    generation ``fail_generation`` then fails to start."""
+    ctx = current_server()
+    if ctx.generation >= int(options.get("from_generation", 1)):
+        await GATES.setdefault(ctx.name, asyncio.Event()).wait()
+    if ctx.generation == options.get("fail_generation"):
+        raise RuntimeError(f"generation {ctx.generation} failed to start")
     yield lines
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from supervisor import Supervisor
@@ -30,12 +30,17 @@ def plan_from(tmp_path: Path, text: str) -> Plan:
 
 
 @contextlib.asynccontextmanager
-async def served(plan: Plan, *views: View) -> AsyncIterator[tuple[Supervisor, list[object]]]:
+async def served(
+    plan: Plan, *views: View, clock: Callable[[], float] | None = None
+) -> AsyncIterator[tuple[Supervisor, list[object]]]:
     """Like ``app.run_plan`` without signal handlers: enter ``views``, serve until the block ends, stop in order.
 
     Yields the supervisor (ready) and what each view yielded.
+    Whatever ``serve()`` raised (``GaveUp``, a bug in the coordinator) is raised from the block's end, so a
+    test cannot pass over a supervisor that failed; a test that expects a give-up says so with ``pytest.raises``.
+    If the block itself failed, its error wins and the supervisor's is added to it as a note.
     """
-    sup = Supervisor(plan)
+    sup = Supervisor(plan, clock=clock)
     async with contextlib.AsyncExitStack() as stack:
         entered = [await stack.enter_async_context(view(plan, sup)) for view in views]
         task = asyncio.create_task(sup.serve(), name="supervisor")
@@ -45,16 +50,25 @@ async def served(plan: Plan, *views: View) -> AsyncIterator[tuple[Supervisor, li
             if task.done():
                 task.result()  # raises what went wrong at startup
             yield sup, entered
-        finally:
-            sup.request_stop("test")
-            async with asyncio.timeout(DEADLINE + 30):
-                await asyncio.wait((task,))
+        except BaseException as exc:
+            await _stop(sup, task)
+            if not task.cancelled() and (failure := task.exception()) is not None:
+                exc.add_note(f"the supervisor's serve() raised too: {failure!r}")
+            raise
+        await _stop(sup, task)
+        task.result()  # a give-up or a crash of the supervisor fails the test
+
+
+async def _stop(sup: Supervisor, task: asyncio.Task[None]) -> None:
+    sup.request_stop("test")
+    async with asyncio.timeout(DEADLINE + 30):
+        await asyncio.wait((task,))
 
 
 @contextlib.asynccontextmanager
-async def running(plan: Plan) -> AsyncIterator[Supervisor]:
-    """Serve ``plan`` until the block ends, then shut down in order."""
-    async with served(plan) as (sup, _):
+async def running(plan: Plan, *, clock: Callable[[], float] | None = None) -> AsyncIterator[Supervisor]:
+    """Serve ``plan`` until the block ends, then shut down in order (raising what ``serve()`` raised)."""
+    async with served(plan, clock=clock) as (sup, _):
         yield sup
 
 
@@ -64,10 +78,10 @@ def port_of(sup: Supervisor, name: str) -> int:
     return int(child.address.rsplit(":", 1)[1])
 
 
-async def ask(port: int, line: bytes, *, timeout: float = DEADLINE) -> bytes:
+async def ask(port: int, line: bytes, *, timeout: float = DEADLINE, host: str = "127.0.0.1") -> bytes:
     """Open a connection, send one line, return the first line of the answer (b'' at EOF)."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(host, port)
         try:
             writer.write(line + b"\n")
             await writer.drain()

@@ -37,8 +37,8 @@ async def test_ready_value_lists_every_bound_address(tmp_path: Path, caplog: pyt
     plan = plan_from(tmp_path, three("one_for_one"))
     async with running(plan) as sup:
         addresses = sup.ready.result()
-        assert [port for _, port in addresses] == [port_of(sup, n) for n in "abc"]
-        assert all(port > 0 for _, port in addresses)
+        assert [a.port for a in addresses] == [port_of(sup, n) for n in "abc"]
+        assert all(a.port > 0 and a.host == "127.0.0.1" for a in addresses)
         assert await ask(port_of(sup, "a"), b"hello") == b"hello\n"
         assert sup.snapshot().ready
     messages = [r.getMessage() for r in caplog.records]
@@ -277,4 +277,4 @@ async def test_stop_request_during_backoff_exits_promptly(tmp_path: Path) -> Non
         loop = asyncio.get_running_loop()
         started = loop.time()
     # the 30 s backoff timer must not hold the shutdown
-    assert loop.time() - started < 5.0
+    assert loop.time() - started < 0.3
