@@ -411,6 +411,7 @@ class Supervisor:
 
     async def _ordered_shutdown(self) -> None:
         self._shutting_down = True
+        self._publish()  # views see the shutdown at once, whatever state the servers are in
         sup = self.plan.supervisor
         loop = asyncio.get_running_loop()
         started = loop.time()

@@ -12,6 +12,8 @@ from pathlib import Path
 from types import TracebackType
 
 REPO = Path(__file__).resolve().parent.parent
+# The commands started during the current test (conftest checks them against the e2e marker).
+STARTED: list[str] = []
 LISTENING = re.compile(r"server (\S+) listening on (\S+):(\d+) \(generation (\d+)\)")
 
 
@@ -26,6 +28,7 @@ class SupervisorProcess:
         self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> SupervisorProcess:
+        STARTED.append(" ".join(self.cmd[2:]))
         self.proc = subprocess.Popen(
             self.cmd, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True,

@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from supervisor import cli, console
@@ -264,7 +265,7 @@ def test_durations_read_well() -> None:
 
 
 async def test_console_and_metrics_together(tmp_path: Path) -> None:
-    """Both views in run_plan's order; the prompt is the supervisor's."""
+    """Both views in run_plan's order: a restart typed at the console shows in /metrics; status during shutdown."""
     port = free_port_run(2)
     plan = plan_from(
         tmp_path,
@@ -275,12 +276,19 @@ async def test_console_and_metrics_together(tmp_path: Path) -> None:
           - {{name: alpha, handler: "tests.apps:lines", port: 0}}
         """,
     )
-    async with served(plan, metrics_view, console_view) as (sup, _):
+    async with served(plan, metrics_view, console_view) as (sup, (metrics, _)):
+        await asyncio.to_thread(_type, port, ("restart alpha", r"restarted alpha"))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{metrics.port}/metrics") as resp,  # type: ignore[attr-defined]
+        ):
+            exposition = await resp.text()
         sup.request_stop("test")
         await wait_state(sup, "alpha", ChildState.STOPPED)
         (out,) = await asyncio.to_thread(_type, port, ("status", r"supervisor: shutting down"))
-    assert PROMPT in out
-    assert re.search(r"alpha\s+stopped", out)
+    assert 'supervisor_server_restarts_total{reason="manual",server="alpha"} 1.0' in exposition
+    assert 'supervisor_server_generation{server="alpha"} 2.0' in exposition
+    assert re.search(r"alpha\s+stopped\s+127\.0\.0\.1:\d+\s+-\s+1\s", out)  # no uptime; 1 restart
 
 
 @pytest.mark.e2e

@@ -16,8 +16,6 @@ from supervisor.ctl import CPR_ANSWER, ConsoleClient, strip_ansi
 from tests.e2e_util import free_port, free_port_run, write_config
 from tests.proc import REPO, SupervisorProcess
 
-pytestmark = pytest.mark.e2e
-
 
 def ctl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -38,6 +36,7 @@ def _config(tmp_path: Path, port: int) -> Path:
     )
 
 
+@pytest.mark.e2e
 def test_status_restart_stop_start(tmp_path: Path) -> None:
     port = free_port_run(2)
     config = _config(tmp_path, port)
@@ -53,6 +52,14 @@ def test_status_restart_stop_start(tmp_path: Path) -> None:
         assert re.fullmatch(rf"web\s+running\s+127\.0\.0\.1:{ports['web']}\s+\S+s\s+0\s+0/0\s+-", lines[2])
         assert lines[3] == "supervisor: ready, 2/2 server(s) running"
         assert "\x1b" not in status.stdout
+
+        by_name = ctl("--host", "localhost", "--port", p, "status")
+        assert by_name.returncode == 0
+        uptimes = re.compile(r"\s\d+\.\ds\s")  # they move on between the two calls
+        assert uptimes.sub(" ", by_name.stdout) == uptimes.sub(" ", status.stdout)
+        elsewhere = ctl("--host", "127.0.0.2", "--port", p, "status", "--timeout", "5")  # loopback, but not bound
+        assert elsewhere.returncode == 1
+        assert f"cannot connect to the console at 127.0.0.2:{port}" in elsewhere.stderr
 
         restart = ctl("--port", p, "restart", "echo")
         assert (restart.returncode, restart.stdout) == (0, f"restarted echo (127.0.0.1:{ports['echo']})\n")
@@ -79,6 +86,7 @@ def test_status_restart_stop_start(tmp_path: Path) -> None:
         assert re.fullmatch(r"started web \(127\.0\.0\.1:\d+\)\n", start.stdout)  # stop released its port 0
 
 
+@pytest.mark.e2e
 def test_shutdown(tmp_path: Path) -> None:
     port = free_port_run(2)
     with SupervisorProcess(_config(tmp_path, port)) as sp:
@@ -87,6 +95,15 @@ def test_shutdown(tmp_path: Path) -> None:
         assert (result.returncode, result.stdout) == (0, "shutting down\n")
         assert sp.wait(timeout=20) == 0
         sp.wait_for(r"shutting down \(control: shutdown\)")
+
+
+def test_a_bad_config_is_exit_2_with_its_problems(tmp_path: Path) -> None:
+    bad = write_config(tmp_path, "console: {port: telnet}\nservers: []\n")
+    result = ctl("-c", str(bad), "status")
+    assert result.returncode == 2
+    assert f"{bad}:1: console.port: expected an integer 1-65534, got 'telnet'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_no_console_is_exit_1() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -15,13 +16,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor.console import console_view
-from supervisor.metrics import RESTART_REASONS, MetricsServer, metrics_view
+from supervisor.metrics import MetricsServer, metrics_view
 from supervisor.plan import Plan
-from supervisor.state import DURATION_BUCKETS, ChildState
+from supervisor.state import ChildState
 from supervisor.supervisor import Supervisor
 from supervisor.views import ViewError, enabled_views
-from tests.e2e_util import free_port, require_tool, write_config
-from tests.helpers import ask, plan_from, port_of, served, wait_state
+from tests.e2e_util import free_port, free_port_run, require_tool, write_config
+from tests.helpers import DEADLINE, ask, plan_from, port_of, served, wait_state
 from tests.proc import SupervisorProcess
 
 CONFIG = """
@@ -32,6 +33,9 @@ CONFIG = """
       - {name: beta, handler: "tests.apps:lines", port: 0, restart: transient}
 """
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+# The contract as the README states it, written out here rather than imported from the code under test.
+RESTART_REASONS = ("failure", "exit", "strategy", "manual")
+DURATION_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0)
 
 
 def _plan(tmp_path: Path, text: str = CONFIG) -> Plan:
@@ -216,11 +220,36 @@ async def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
                 pass
 
 
-def test_metrics_open_first_and_close_last(tmp_path: Path) -> None:
+def test_enabled_views_lists_metrics_first(tmp_path: Path) -> None:
     plan = _plan(tmp_path, CONFIG.replace("console: {enabled: false}", "console: {port: 20101}"))
     assert enabled_views(plan) == (metrics_view, console_view)
     off = _plan(tmp_path, CONFIG.replace("metrics: {port: 0}", "metrics: {enabled: false}"))
     assert enabled_views(off) == ()
+
+
+async def test_metrics_open_first_and_close_last(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """In the order run_plan enters the views: metrics answer before any server starts and after the last stopped."""
+    caplog.set_level(logging.INFO, "supervisor")
+    port = free_port_run(2)
+    plan = _plan(tmp_path, CONFIG.replace("console: {enabled: false}", f"console: {{port: {port}}}"))
+    async with served(plan, *enabled_views(plan)):
+        pass
+    log = [r.getMessage() for r in caplog.records if r.name == "supervisor"]
+
+    def first(prefix: str) -> int:
+        return next(i for i, m in enumerate(log) if m.startswith(prefix))
+
+    order = [
+        first("metrics listening on http://127.0.0.1:"),
+        first("console listening on telnet://"),
+        first("server alpha listening on"),
+        first("supervisor ready"),
+        first("shutting down"),
+        first("shutdown complete in"),
+        first("console closed"),
+        first("metrics stopped"),
+    ]
+    assert order == sorted(order), log
 
 
 async def test_promtool_accepts_the_exposition(tmp_path: Path) -> None:
@@ -252,3 +281,26 @@ def test_run_exits_1_when_the_metrics_port_is_taken(tmp_path: Path) -> None:
             assert sp.wait(timeout=30) == 1
     sp.wait_for(rf"CRITICAL supervisor: exit 1: metrics: cannot listen on 127\.0\.0\.1:{port}: .*pick another")
     assert "listening on" not in sp.output  # no server was started
+
+
+async def test_uptime_and_last_drain(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    async with _serving(_plan(tmp_path)) as (sup, server):
+        assert await ask(port_of(sup, "alpha"), b"sleep 0.1") == b"slept\n"  # the first generation has served 0.1 s
+        first = _v(await _samples(server), "supervisor_server_uptime_seconds", server="alpha")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(sup, "alpha"))
+        writer.write(b"work 0.3\n")  # in flight across the restart: the old generation drains it
+        assert await reader.readline() == b"working\n"
+        restarted = loop.time()
+        await sup.control("restart", "alpha")
+        after = _v(await _samples(server), "supervisor_server_uptime_seconds", server="alpha")
+        assert await reader.readline() == b"done\n"
+        assert await reader.read() == b""
+        writer.close()
+        async with asyncio.timeout(DEADLINE):
+            while not (drain := _v(await _samples(server), "supervisor_server_last_drain_seconds", server="alpha")):
+                pass  # the drain records its time as the old generation's task ends, just after the client's EOF
+        since = loop.time() - restarted
+    assert first >= 0.099  # uvloop's clock has millisecond steps
+    assert 0 <= after <= since < first + since  # the new generation's uptime, not the first one's
+    assert 0.1 < drain < 0.3 + 0.5  # the old generation drained for as long as its request still needed

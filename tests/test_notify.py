@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +60,55 @@ async def test_watchdog_pings_come_from_the_running_loop(tmp_path: Path, systemd
         assert seen.count("WATCHDOG=1") >= 3
         sup.request_stop("test")
         await task
+
+
+async def test_a_blocked_loop_sends_no_watchdog_pings(tmp_path: Path, systemd: socket.socket) -> None:
+    """What makes WatchdogSec= useful: while a handler blocks the loop, systemd hears nothing."""
+    sup = Supervisor(plan_from(tmp_path, CONFIG))
+    env = {"NOTIFY_SOCKET": systemd.getsockname(), "WATCHDOG_USEC": "40000", "WATCHDOG_PID": str(os.getpid())}
+    pings: list[float] = []  # arrival times, taken on a thread of our own: the loop's clock stops when it blocks
+    enough = threading.Event()
+    done = threading.Event()
+    wanted = 0
+
+    def listen() -> None:
+        systemd.settimeout(0.05)
+        while not done.is_set():
+            try:
+                data = systemd.recv(4096)
+            except TimeoutError:
+                continue
+            if data == b"WATCHDOG=1":
+                pings.append(time.monotonic())
+                if len(pings) >= wanted:
+                    enough.set()
+
+    async def at_least(n: int) -> None:
+        nonlocal wanted
+        enough.clear()
+        wanted = n
+        if len(pings) < n:
+            assert await asyncio.to_thread(enough.wait, DEADLINE)
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    try:
+        async with notify_view(sup.plan, sup, env):
+            task = asyncio.create_task(sup.serve())
+            await at_least(3)  # pinging every 20 ms
+            blocked = time.monotonic()
+            time.sleep(0.5)  # noqa: ASYNC251 - the point: a handler blocking the loop
+            unblocked = time.monotonic()
+            before = len(pings)
+            await at_least(before + 3)  # and pinging again once the loop runs
+            sup.request_stop("test")
+            await task
+    finally:
+        done.set()
+        listener.join(5)
+    # a ping already under way as the block began may land just after it; none comes from inside it
+    inside = [t for t in pings if blocked + 0.03 < t < unblocked]
+    assert inside == [], f"{len(inside)} pings while the loop was blocked"
 
 
 def test_watchdog_interval_rules() -> None:

@@ -25,8 +25,6 @@ from tests import e2e_util
 from tests.e2e_util import free_port, free_port_run, require_tool, write_config
 from tests.proc import SupervisorProcess
 
-pytestmark = pytest.mark.e2e
-
 DEADLINE = 20.0
 METRICS_LINE = r"metrics listening on http://127\.0\.0\.1:(\d+)/metrics"
 
@@ -146,6 +144,7 @@ def _talk(port: int, data: bytes) -> bytes:
         return b"".join(chunks)
 
 
+@pytest.mark.e2e
 def test_promtool_checks_the_live_exposition(supervised: tuple[SupervisorProcess, int, int], promtool: str) -> None:
     _, metrics_port, _ = supervised
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
@@ -154,6 +153,7 @@ def test_promtool_checks_the_live_exposition(supervised: tuple[SupervisorProcess
     assert (result.returncode, result.stdout + result.stderr) == (0, b"")
 
 
+@pytest.mark.e2e
 def test_prometheus_sees_traffic_restarts_and_the_drain(
     supervised: tuple[SupervisorProcess, int, int], prometheus_binary: str, tmp_path: Path
 ) -> None:

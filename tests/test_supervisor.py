@@ -119,13 +119,16 @@ async def test_strategies_restart_the_right_siblings_in_order(
             await wait_state(sup, name, ChildState.RUNNING, generation=2)
         generations = {c.name: c.generation for c in sup.children}
         assert generations == {n: 2 if n in restarted else 1 for n in "abc"}
+        reasons = {c.name: dict(c.stats.restarts) for c in sup.children}
+        assert reasons == {n: {"failure": 1} if n == "b" else {"strategy": 1} if n in restarted else {} for n in "abc"}
         enters = [name for name, what in apps.JOURNAL if what == "enter"]
         assert enters == restarted  # started again in start order
         for name in restarted:
             assert await ask(port_of(sup, name), b"who") == f"{name}#2\n".encode()
 
 
-async def test_transient_and_temporary(tmp_path: Path) -> None:
+async def test_transient_and_temporary(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "supervisor")
     plan = plan_from(
         tmp_path,
         f"""
@@ -146,13 +149,27 @@ async def test_transient_and_temporary(tmp_path: Path) -> None:
         await wait_state(sup, "t2", ChildState.STOPPED)
         await assert_not_served(t2)
         # temporary: never restarted, even after a failure
-        await ask(port_of(sup, "tmp"), b"crash")
+        tmp = port_of(sup, "tmp")
+        await ask(tmp, b"crash")
         await wait_state(sup, "tmp", ChildState.FAILED)
+        await assert_not_served(tmp)
         # permanent: even a normal stop is restarted
         await ask(port_of(sup, "p"), b"stop")
         await wait_state(sup, "p", ChildState.RUNNING, generation=2)
         # readiness only counts servers that are meant to run
         assert sup.snapshot().ready
+        reasons = {c.name: dict(c.stats.restarts) for c in sup.children}
+    assert reasons == {"t1": {"failure": 1}, "t2": {}, "tmp": {}, "p": {"exit": 1}}
+    messages = [r.getMessage() for r in caplog.records]
+    for line in (
+        "server t2 stopped itself",
+        "server t2 (transient) will not be restarted",
+        "server tmp failed: RuntimeError: crash requested",
+        "server tmp (temporary) will not be restarted",
+        "server p stopped itself",
+        "server p restarting in 0.000s (2 recent restarts)",
+    ):
+        assert line in messages, line
 
 
 async def test_lifespan_failures_are_restarts(tmp_path: Path) -> None:
@@ -247,6 +264,8 @@ async def test_old_generation_drains_beside_the_new_one(tmp_path: Path) -> None:
     async with running(plan) as sup:
         port = port_of(sup, "s")
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"who\n")
+        assert await reader.readline() == b"s#1\n"  # this connection is the first generation's
         writer.write(b"sleep 0.3\n")
         await writer.drain()
         await sup.control("restart", "s")

@@ -1,0 +1,146 @@
+"""Failures in a running supervisor: the backoff it waits, when it forgets, what it logs, and when it gives up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from supervisor import GaveUp
+from supervisor.state import ChildState
+from tests import apps
+from tests.helpers import DEADLINE, ask, plan_from, port_of, running, wait_state
+
+
+@pytest.fixture(autouse=True)
+def _reset_apps() -> None:
+    apps.JOURNAL.clear()
+    apps.GATES.clear()
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "supervisor"]
+
+
+async def test_backoff_grows_between_failures_and_resets_after_a_stable_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "supervisor")
+    plan = plan_from(
+        tmp_path,
+        """
+        servers:
+          - name: s
+            handler: "tests.apps:lines"
+            port: 0
+            on_handler_error: restart
+            backoff: {initial: 100ms, factor: 3, max: 10s, jitter: 0, reset_after: 30s}
+        """,
+    )
+    loop = asyncio.get_running_loop()
+    skew = 0.0  # how far the supervisor's clock is ahead of the loop's: a long, stable run without the wait
+
+    async def crash_and_time(generation: int) -> float:
+        started = loop.time()
+        assert await ask(port_of(sup, "s"), b"crash") == b""
+        await wait_state(sup, "s", ChildState.RUNNING, generation=generation)
+        return loop.time() - started
+
+    async with running(plan, clock=lambda: loop.time() + skew) as sup:
+        first = await crash_and_time(2)
+        second = await crash_and_time(3)  # a consecutive failure: three times longer
+        skew += 30.0  # generation 3 has now served for reset_after
+        third = await crash_and_time(4)  # forgotten: back to the initial delay
+    # never earlier than the backoff (less uvloop's millisecond clock steps); the upper bound catches a delay gone wild
+    assert 0.098 <= first < 0.1 + 0.5
+    assert 0.298 <= second < 0.3 + 0.5
+    assert 0.098 <= third < 0.1 + 0.5
+    restarting = [m for m in messages(caplog) if m.startswith("server s restarting in")]
+    assert restarting == [
+        "server s restarting in 0.100s (1 recent restarts)",
+        "server s restarting in 0.300s (2 recent restarts)",
+        "server s restarting in 0.100s (3 recent restarts)",
+    ]
+
+
+async def test_a_failure_while_already_restarting_is_logged_and_counted_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """one_for_all: b's second generation is still starting when a fails again; then b's start fails too."""
+    plan = plan_from(
+        tmp_path,
+        """
+        supervisor: {strategy: one_for_all, max_restarts: 20}
+        servers:
+          - {name: a, handler: "tests.apps:lines", port: 0, on_handler_error: restart, backoff: {initial: 0}}
+          - name: b
+            handler: "tests.apps:gated"
+            port: 0
+            backoff: {initial: 0}
+            options: {from_generation: 2, fail_generation: 2}
+        """,
+    )
+    async with running(plan) as sup:
+        assert await ask(port_of(sup, "a"), b"crash") == b""
+        await wait_state(sup, "b", ChildState.STARTING, generation=2)  # held at its gate
+        await wait_state(sup, "a", ChildState.RUNNING, generation=2)
+        assert await ask(port_of(sup, "a"), b"crash") == b""  # restarts the group again: b#2 is stopped
+        await wait_state(sup, "b", ChildState.STARTING, generation=3)
+        apps.GATES["b"].set()  # b#2 now fails to start: it had already been replaced
+        await wait_state(sup, "b", ChildState.RUNNING, generation=3)
+        b = sup.snapshot().child("b")
+        assert b is not None
+        assert b.last_error == "RuntimeError: generation 2 failed to start"
+        assert b.restarts == 2  # both strategy restarts; the late failure restarts nothing
+    assert "server b failed while already restarting: RuntimeError: generation 2 failed to start" in messages(caplog)
+
+
+async def test_stop_server_from_a_lifespan_stops_a_transient_server(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "supervisor")
+    plan = plan_from(
+        tmp_path,
+        """
+        servers:
+          - {name: ok, handler: "tests.apps:lines", port: 0}
+          - {name: done, handler: "tests.apps:journaled", port: 0, restart: transient, options: {stop_enter: true}}
+        """,
+    )
+    async with running(plan) as sup:
+        await wait_state(sup, "done", ChildState.STOPPED)
+        done = sup.snapshot().child("done")
+        assert done is not None
+        assert (done.restarts, done.last_error) == (0, "")
+        assert sup.snapshot().ready  # a transient server that stopped itself is not needed
+        assert await ask(port_of(sup, "ok"), b"who") == b"ok#1\n"
+    assert apps.JOURNAL == [("done", "enter")]
+    log = messages(caplog)
+    assert "server done stopped itself" in log
+    assert "server done (transient) will not be restarted" in log
+
+
+async def test_running_raises_the_give_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The test helpers never swallow what serve() raised: a test that expects a give-up must say so."""
+    plan = plan_from(
+        tmp_path,
+        """
+        supervisor: {max_restarts: 0}
+        servers:
+          - {name: s, handler: "tests.apps:lines", port: 0, on_handler_error: restart}
+        """,
+    )
+
+    async def crash_it() -> None:
+        async with running(plan) as sup:
+            assert await ask(port_of(sup, "s"), b"crash") == b""
+            async with asyncio.timeout(DEADLINE):
+                while not sup.snapshot().shutting_down:
+                    await sup.changed()
+            # the block ends normally: only the helper can make this test see the give-up
+
+    with pytest.raises(GaveUp, match=r"giving up: more than 0 restarts within 60s \(last: server s: RuntimeError"):
+        await crash_it()
+    assert any(m.startswith("giving up: more than 0 restarts") for m in messages(caplog))
