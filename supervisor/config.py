@@ -51,6 +51,7 @@ class SupervisorSpec:
     restart_window: float = 60.0
     shutdown_timeout: float = 30.0
     loop: str = "asyncio"
+    max_loop_lag: float = 5.0  # a loop blocked this long makes /healthz fail (LAG_WINDOW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,12 @@ class ServerSpec:
     backoff: BackoffSpec = BackoffSpec()
     shutdown_timeout: float = 5.0
     backlog: int = 1024
+    max_connections: int = 10_000  # concurrent handlers; 0: no limit
+    idle_timeout: float = 0.0  # close a connection that sent nothing for this long; 0: never
+    read_limit: int = 64 * 1024  # StreamReader limit: the longest line or message a client can send
+    max_write_buffer: int = 8 * 1024 * 1024  # unsent bytes a connection may hold; 0: no limit
+    start_timeout: float = 30.0  # entering the lifespan
+    start_retries: int = 5  # failed starts, never having served, before the server is given up on
     after: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     # key -> where it was written; keys left at their default point at the server's own entry
@@ -332,6 +339,7 @@ class _Reader:
             restart_window=self.field(f, "restart_window", p, _duration(positive=True), d.restart_window),
             shutdown_timeout=self.field(f, "shutdown_timeout", p, _duration(positive=True), d.shutdown_timeout),
             loop=self.field(f, "loop", p, _choice(LOOPS), d.loop),
+            max_loop_lag=self.field(f, "max_loop_lag", p, _duration(positive=True), d.max_loop_lag),
         )
 
     def metrics(self, node: Node | None) -> MetricsSpec:
@@ -410,6 +418,12 @@ class _Reader:
             backoff=self.backoff(f.get("backoff"), f"{p}.backoff"),
             shutdown_timeout=self.field(f, "shutdown_timeout", p, _duration(positive=True), d.shutdown_timeout),
             backlog=self.field(f, "backlog", p, _int(1, 65535), d.backlog),
+            max_connections=self.field(f, "max_connections", p, _int(0, 10_000_000), d.max_connections),
+            idle_timeout=self.field(f, "idle_timeout", p, _duration(), d.idle_timeout),
+            read_limit=self.field(f, "read_limit", p, _size(1024, 1 << 30), d.read_limit),
+            max_write_buffer=self.field(f, "max_write_buffer", p, _size(0, 1 << 40), d.max_write_buffer),
+            start_timeout=self.field(f, "start_timeout", p, _duration(positive=True), d.start_timeout),
+            start_retries=self.field(f, "start_retries", p, _int(0, 1_000_000), d.start_retries),
             after=after,
             options=options,
             locations=locations,
@@ -489,6 +503,38 @@ def _duration(*, positive: bool = False) -> Callable[[object], float]:
         if positive and seconds <= 0:
             raise ValueError("expected a duration > 0")
         return seconds
+
+    return check
+
+
+_SIZE_RE: Final = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS: Final = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 10**6,
+    "MiB": 1 << 20,
+    "GB": 10**9,
+    "GiB": 1 << 30,
+}
+
+
+def parse_size(value: object) -> int:
+    """``65536`` / ``64KiB`` / ``8MiB`` / ``1MB`` -> bytes. Raises ValueError with the reason."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (m := _SIZE_RE.match(value)):
+        return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    raise ValueError("expected a size like 65536, 64KiB or 8MiB")
+
+
+def _size(lo: int, hi: int) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        size = parse_size(value)
+        if not lo <= size <= hi and not (size == 0 and lo == 0):
+            raise ValueError(f"expected a size from {lo} to {hi} bytes")
+        return size
 
     return check
 

@@ -28,6 +28,12 @@ class ServerPlan:
     host: str
     port: int
     backlog: int
+    max_connections: int
+    idle_timeout: float
+    read_limit: int
+    max_write_buffer: int
+    start_timeout: float
+    start_retries: int
     restart: str
     on_handler_error: str
     backoff: BackoffSpec
@@ -102,6 +108,12 @@ def _server_plan(spec: ServerSpec, rank: int, target: object, direct: bool) -> S
         host=spec.host,
         port=spec.port,
         backlog=spec.backlog,
+        max_connections=spec.max_connections,
+        idle_timeout=spec.idle_timeout,
+        read_limit=spec.read_limit,
+        max_write_buffer=spec.max_write_buffer,
+        start_timeout=spec.start_timeout,
+        start_retries=spec.start_retries,
         restart=spec.restart,
         on_handler_error=spec.on_handler_error,
         backoff=spec.backoff,

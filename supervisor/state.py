@@ -38,6 +38,10 @@ class ServerStats:
     duration_sum: float = 0.0
     last_drain_seconds: float = 0.0
     drain_cancelled: int = 0  # connections cancelled because a drain ran out of time
+    client_errors: Counter[str] = field(default_factory=Counter)  # streams.CLIENT_REASONS value -> count
+    parked: int = 0  # accepted during a restart, waiting for the next generation
+    rejected: int = 0  # closed at once: max_connections reached
+    accept_errors: int = 0  # accept() failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM)
 
     def observe_duration(self, seconds: float) -> None:
         self.duration_counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1

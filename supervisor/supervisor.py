@@ -24,9 +24,10 @@ from typing import Literal
 
 from supervisor.address import Address
 from supervisor.errors import GaveUp, StopServer
+from supervisor.generation import CANCEL_GRACE, Generation, Reason, describe, traceback_of
+from supervisor.listener import Listener
 from supervisor.plan import Plan, ServerPlan
 from supervisor.restart import Backoff, Intensity, should_restart
-from supervisor.runner import CANCEL_GRACE, Generation, Listener, Reason
 from supervisor.state import ChildState, ChildStatus, ServerStats, TreeSnapshot
 
 LOGGER = logging.getLogger("supervisor")
@@ -55,6 +56,8 @@ class Child:
     address: str = ""
     restarts: int = 0
     last_error: str = ""
+    served: bool = False  # a generation has become ready since the server was (re)started by hand
+    start_failures: int = 0  # failed starts in a row before it ever served
     # Log lines of a failure whose restart is immediate: written once the next generation serves,
     # since formatting and writing them costs more than the whole restart.
     held: list[Callable[[], None]] = field(default_factory=list)
@@ -111,7 +114,8 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: asyncio.Queue[_Event] | None = None
         self._stop = asyncio.Event()
-        self._force = asyncio.Event()
+        # done on a second stop request: cuts every wait (drains, lifespan enters and exits, the shutdown)
+        self._force: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # replaced by a fresh future on every publish, so no waiter can miss a change
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tg: asyncio.TaskGroup | None = None
@@ -131,9 +135,9 @@ class Supervisor:
     def request_stop(self, reason: str) -> None:
         """Begin the ordered shutdown; a second request skips the waiting (force)."""
         if self._stop.is_set():
-            if not self._force.is_set():
+            if not self._force.done():
                 LOGGER.warning("second stop request (%s): skipping the drain wait", reason)
-                self._force.set()
+                self._force.set_result(None)
             return
         self.stop_reason = reason
         self._stop.set()
@@ -263,7 +267,7 @@ class Supervisor:
         assert self._tg is not None
         if child.listener is None:
             try:
-                listener = Listener.bind(child.plan)
+                listener = Listener.bind(child.plan, child.stats)
             except OSError as exc:
                 self._post(_Ended(child, None, exc))
                 child.gen = _PENDING  # keeps reconcile from retrying before the failure is handled
@@ -285,6 +289,8 @@ class Supervisor:
             return  # failed or replaced before it was ready: its _Ended event tells the story
         child.address = str(gen.ready.result())
         child.started_at = self.now()
+        child.served = True
+        child.start_failures = 0
         self._set_state(child, ChildState.RUNNING)
         child.flush()
         LOGGER.info("server %s listening on %s (generation %d)", child.name, child.address, gen.number)
@@ -307,19 +313,24 @@ class Supervisor:
         if child.gen is not (gen or _PENDING):
             # stopped on purpose (group restart, console) before it ended by itself
             if reason is not None and not isinstance(reason, StopServer | asyncio.CancelledError):
-                child.last_error = _describe(reason)
+                child.last_error = describe(reason)
                 LOGGER.error("server %s failed while already restarting: %s", child.name, child.last_error)
             return
         child.gen = None
         child.started_at, uptime = None, (self.now() - child.started_at if child.started_at else 0.0)
         failed = not isinstance(reason, StopServer)
         if failed:
-            child.last_error = _describe(reason)
+            child.last_error = describe(reason)
             child.hold(logging.ERROR, "server %s failed: %s", child.name, child.last_error)
-            if (exc := _exc_info(reason)) is not None:
+            if (exc := traceback_of(reason)) is not None:
                 child.hold(logging.ERROR, "server %s: traceback of the failure: %r", child.name, exc, exc_info=exc)
         else:
             child.hold(logging.INFO, "server %s stopped itself", child.name)
+        if failed and not child.served:
+            child.start_failures += 1
+            if child.start_failures > child.plan.start_retries:
+                self._never_started(child)
+                return
         if not should_restart(child.plan.restart, failed):
             child.flush()
             child.wanted = False
@@ -359,6 +370,21 @@ class Supervisor:
         if delay > 0:
             child.flush()
 
+    def _never_started(self, child: Child) -> None:
+        """supervisord's FATAL: a server that failed every start is given up on, not retried forever."""
+        child.flush()
+        child.wanted = False
+        self._release(child)
+        self._set_state(child, ChildState.FAILED)
+        what = f"server {child.name} never started: {child.start_failures} failed start(s) (start_retries: "
+        what += f"{child.plan.start_retries}), last: {child.last_error}"
+        if child.plan.restart != "permanent":
+            LOGGER.error("%s; it stays stopped", what)
+            return
+        self._gave_up = f"giving up: {what}"
+        LOGGER.critical("%s", self._gave_up)
+        self.request_stop("gave up")
+
     def _affected(self, child: Child) -> list[Child]:
         """Siblings restarted with ``child`` under the strategy, in start order."""
         strategy = self.plan.supervisor.strategy
@@ -388,6 +414,8 @@ class Supervisor:
         child.not_before = 0.0
         if child.state is ChildState.FAILED:
             child.backoff.failures = 0
+            child.start_failures = 0
+            child.served = False
         self._set_state(child, ChildState.STARTING if child.gen is None else child.state)
         LOGGER.info("server %s %s by control request", child.name, "restarting" if command == "restart" else "starting")
 
@@ -431,7 +459,7 @@ class Supervisor:
             tasks = [g.task for g in child.live if g.task is not None]
             if tasks and left > 0:
                 # the drain itself cancels leftovers at its budget; allow it that much extra to unwind
-                await asyncio.wait(tasks, timeout=left + CANCEL_GRACE)
+                await self._wait_all(tasks, left + CANCEL_GRACE)
             if child.state is not ChildState.FAILED:
                 self._set_state(child, ChildState.STOPPED)
         stuck = [g.task for c in self.children for g in c.live if g.task is not None and not g.task.done()]
@@ -449,6 +477,17 @@ class Supervisor:
         for child in self.children:
             child.flush()
         LOGGER.info("shutdown complete in %.3fs", loop.time() - started)
+
+    async def _wait_all(self, tasks: list[asyncio.Task[None]], timeout: float) -> None:
+        """Until every task is done or ``timeout``; a second stop request leaves them CANCEL_GRACE only."""
+        if not self._force.done():
+            everything = asyncio.ensure_future(asyncio.wait(tasks))
+            try:
+                await asyncio.wait((everything, self._force), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                everything.cancel()
+        if self._force.done():  # every generation cuts its own waits now: they end within moments
+            await asyncio.wait(tasks, timeout=CANCEL_GRACE)
 
     # -- state ----------------------------------------------------------------------------------------------------
 
@@ -505,20 +544,3 @@ class _Pending:
 
 
 _PENDING: Generation = _Pending()  # type: ignore[assignment]
-
-
-def _describe(reason: Reason) -> str:
-    if reason is None:
-        return "stopped unexpectedly"
-    if isinstance(reason, BaseExceptionGroup):
-        # a TaskGroup in a lifespan wraps the real error: name the errors, not the group
-        return "; ".join(_describe(e) for e in reason.exceptions)
-    text = str(reason)
-    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
-
-
-def _exc_info(reason: Reason) -> BaseException | None:
-    # bind errors and the like are clear from one line; a traceback helps only for code that raised
-    if reason is None or isinstance(reason, OSError):
-        return None
-    return reason

@@ -18,7 +18,8 @@ JOURNAL: list[tuple[str, str]] = []
 async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Line protocol: ``crash`` raises, ``stop`` raises StopServer, ``sleep N`` answers after N s,
     ``work N`` answers ``working`` then ``done`` after N s, ``who`` names the generation, ``blurt N`` writes
-    N bytes and ends the handler without draining them, else echo."""
+    N bytes and ends the handler without draining them, ``stream N``/``spray N`` write N chunks of 64 KiB with
+    and without drain(), ``bad`` raises from the handler's own code, else echo."""
     try:
         while line := await reader.readline():
             cmd, _, arg = line.strip().partition(b" ")
@@ -39,6 +40,15 @@ async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             elif cmd == b"nodelay":
                 sock = writer.get_extra_info("socket")
                 writer.write(b"%d\n" % bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+            elif cmd == b"bad":  # the handler's own bug, raised from its own code
+                raise ValueError("handler bug")
+            elif cmd in (b"stream", b"spray"):  # N chunks of 64 KiB, awaiting drain() after each, or never
+                for _ in range(int(arg)):
+                    writer.write(b"y" * 65536)
+                    if cmd == b"stream":
+                        await writer.drain()
+                    else:
+                        await asyncio.sleep(0)
             elif cmd == b"blurt":  # N bytes written without waiting for the client to read them, then done
                 writer.write(b"x" * int(arg))
                 return
@@ -64,6 +74,8 @@ async def journaled(options: Mapping[str, Any]) -> AsyncIterator[Handler]:
     async with asyncio.TaskGroup() as tg:
         if (delay := options.get("background_fails_after")) is not None:
             tg.create_task(_fail_after(float(delay)))
+        if options.get("tripwire"):
+            tg.create_task(_fail_when(TRIPS.setdefault(name, asyncio.Event())))
         try:
             yield lines
         finally:
@@ -97,6 +109,16 @@ async def framed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.write(body + b"\n")
         await writer.drain()
     writer.close()
+
+
+# Lifespans with ``tripwire: true`` fail (from a background task) when a test sets their event.
+TRIPS: dict[str, asyncio.Event] = {}
+
+
+async def _fail_when(tripped: asyncio.Event) -> None:
+    await tripped.wait()
+    tripped.clear()
+    raise RuntimeError("tripwire")
 
 
 async def _fail_after(delay: float) -> None:

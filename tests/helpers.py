@@ -108,3 +108,11 @@ async def assert_not_served(port: int) -> None:
     except (ConnectionRefusedError, ConnectionResetError):
         return
     assert answer == b"", f"port {port} answered {answer!r}"
+
+
+async def eventually(condition: Callable[[], bool], *, timeout: float = DEADLINE) -> None:
+    """Wait until ``condition()`` holds, with a deadline, for what publishes no event: the per-server counters are
+    plain ints bumped on the per-connection path, and on purpose nothing is signalled when they change."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - see the docstring: there is no event to wait on
+            await asyncio.sleep(0.005)

@@ -227,7 +227,7 @@ def test_log_level(tmp_path: Path, level: str) -> None:
                 assert time.monotonic() < deadline, sp.output
                 time.sleep(0.02)
         with client:
-            client.sendall(b"reset\n")  # a client error: logged at DEBUG only
+            client.sendall(b"x" * 70_000 + b"\n")  # a line over read_limit: a client error, logged at DEBUG only
             assert client.recv(8) == b""
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(b"who\n")
@@ -235,7 +235,7 @@ def test_log_level(tmp_path: Path, level: str) -> None:
         sp.signal(signal.SIGTERM)
         assert sp.wait() == 0
     if level == "DEBUG":
-        sp.wait_for(r"DEBUG supervisor: server work: client error: ConnectionResetError\('client went away'\)")
+        sp.wait_for(r"DEBUG supervisor: server work: client error \(too_long\): ValueError\('Separator is")
         assert " INFO supervisor: exit 0" in sp.output
     else:
         assert " INFO " not in sp.output

@@ -415,7 +415,8 @@ def test_misspelled_servers_is_unknown_and_servers_is_missing(tmp_path: Path) ->
         (
             "zzz: 1",
             "5: servers[0].zzz: unknown key; expected one of: name, handler, port, host, restart, on_handler_error, "
-            "backoff, shutdown_timeout, backlog, after, options",
+            "backoff, shutdown_timeout, backlog, max_connections, idle_timeout, read_limit, max_write_buffer, "
+            "start_timeout, start_retries, after, options",
         ),
         ("backoff: {intial: 1s}", "5: servers[0].backoff.intial: unknown key; did you mean 'initial'?"),
         ("[a]: 1", "5: servers[0]: keys must be plain strings"),
@@ -618,7 +619,7 @@ def test_handler_must_be_module_colon_attribute(tmp_path: Path, value: str) -> N
         (
             "supervisor: [a]",
             "supervisor: expected a mapping with keys " + "strategy, max_restarts, "
-            "restart_window, shutdown_timeout, loop, got a list",
+            "restart_window, shutdown_timeout, loop, max_loop_lag, got a list",
         ),
         ("metrics: {enabled: maybe}", "metrics.enabled: expected true or false, got 'maybe'"),
         ("metrics: {enabled: 1}", "metrics.enabled: expected true or false, got 1"),
@@ -660,7 +661,10 @@ def test_server_entries_must_be_mappings_with_required_keys(tmp_path: Path) -> N
           - {{}}
         """,
     )
-    keys = "name, handler, port, host, restart, on_handler_error, backoff, shutdown_timeout, backlog, after, options"
+    keys = (
+        "name, handler, port, host, restart, on_handler_error, backoff, shutdown_timeout, backlog, max_connections, "
+        "idle_timeout, read_limit, max_write_buffer, start_timeout, start_retries, after, options"
+    )
     assert problems_of(path) == [
         f"{path}:2: servers[0]: expected a mapping with keys {keys}, got 'echo'",
         f"{path}:3: servers[1].name: missing; every server needs name, handler and port",

@@ -18,6 +18,7 @@ from tests.helpers import DEADLINE, ask, plan_from, port_of, running, wait_state
 def _reset_apps() -> None:
     apps.JOURNAL.clear()
     apps.GATES.clear()
+    apps.TRIPS.clear()
 
 
 def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -68,33 +69,28 @@ async def test_backoff_grows_between_failures_and_resets_after_a_stable_run(
 async def test_a_failure_while_already_restarting_is_logged_and_counted_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """one_for_all: b's second generation is still starting when a fails again; then b's start fails too."""
+    """one_for_all: a and b fail in the same instant; a's failure restarts b, whose own failure comes after."""
     plan = plan_from(
         tmp_path,
         """
         supervisor: {strategy: one_for_all, max_restarts: 20}
         servers:
-          - {name: a, handler: "tests.apps:lines", port: 0, on_handler_error: restart, backoff: {initial: 0}}
-          - name: b
-            handler: "tests.apps:gated"
-            port: 0
-            backoff: {initial: 0}
-            options: {from_generation: 2, fail_generation: 2}
+          - {name: a, handler: "tests.apps:journaled", port: 0, backoff: {initial: 0}, options: {tripwire: true}}
+          - {name: b, handler: "tests.apps:journaled", port: 0, backoff: {initial: 0}, options: {tripwire: true}}
         """,
     )
     async with running(plan) as sup:
-        assert await ask(port_of(sup, "a"), b"crash") == b""
-        await wait_state(sup, "b", ChildState.STARTING, generation=2)  # held at its gate
-        await wait_state(sup, "a", ChildState.RUNNING, generation=2)
-        assert await ask(port_of(sup, "a"), b"crash") == b""  # restarts the group again: b#2 is stopped
-        await wait_state(sup, "b", ChildState.STARTING, generation=3)
-        apps.GATES["b"].set()  # b#2 now fails to start: it had already been replaced
-        await wait_state(sup, "b", ChildState.RUNNING, generation=3)
-        b = sup.snapshot().child("b")
+        apps.TRIPS["a"].set()
+        apps.TRIPS["b"].set()
+        for name in "ab":
+            await wait_state(sup, name, ChildState.RUNNING, generation=2)
+        a, b = sup.snapshot().child("a"), sup.snapshot().child("b")
+        assert a is not None
         assert b is not None
-        assert b.last_error == "RuntimeError: generation 2 failed to start"
-        assert b.restarts == 2  # both strategy restarts; the late failure restarts nothing
-    assert "server b failed while already restarting: RuntimeError: generation 2 failed to start" in messages(caplog)
+        assert (a.restarts, b.restarts) == (1, 1)  # one group restart, not two
+        assert b.last_error == "RuntimeError: tripwire"
+        assert {c.name: dict(c.stats.restarts) for c in sup.children} == {"a": {"failure": 1}, "b": {"strategy": 1}}
+    assert "server b failed while already restarting: RuntimeError: tripwire" in messages(caplog)
 
 
 async def test_stop_server_from_a_lifespan_stops_a_transient_server(

@@ -10,18 +10,17 @@ from typing import cast
 import pytest
 
 from supervisor import Supervisor
-from supervisor.runner import Generation, _Reader
 from supervisor.state import ChildState
+from supervisor.streams import FRESH_WINDOW, DrainState, Reader
 from tests import apps
 from tests.helpers import DEADLINE, ask, plan_from, port_of, running, wait_state
 
 
-def draining_reader(*, restart: bool = False, fresh: bool = False) -> _Reader:
-    """A reader whose generation is draining (for a restart or a shutdown)."""
-    draining = asyncio.Event()
-    draining.set()
-    reader = _Reader(2**16, asyncio.get_running_loop())
-    reader.owner = cast(Generation, SimpleNamespace(ctx=SimpleNamespace(draining=draining), spare_fresh=restart))
+def draining_reader(*, restart: bool = False, fresh: bool = False, age: float = 0.0) -> Reader:
+    """A reader whose generation is draining (for a restart or a shutdown), accepted ``age`` seconds ago."""
+    reader = Reader(2**16, asyncio.get_running_loop())
+    reader.owner = cast(DrainState, SimpleNamespace(draining=True, spare_fresh=restart))
+    reader.accepted_at = asyncio.get_running_loop().time() - age
     if not fresh:
         reader.feed_data(b"GET / HTTP/1.1\n")  # one message served already
         assert reader._buffer  # type: ignore[attr-defined]
@@ -44,6 +43,12 @@ async def test_a_fresh_connection_is_served_by_a_restarting_generation() -> None
     reader.feed_data(b"first\n")
     assert await line == b"first\n"
     assert await reader.readline() == b""  # then it is between messages like any other
+
+
+async def test_a_quiet_connection_is_not_fresh_for_ever() -> None:
+    """A client that never sent a byte but came long ago (a listen-only chat member) is between messages."""
+    reader = draining_reader(restart=True, fresh=True, age=FRESH_WINDOW + 0.5)
+    assert await reader.readline() == b""
 
 
 async def test_a_fresh_connection_is_ended_at_shutdown() -> None:
@@ -69,7 +74,7 @@ async def test_reader_in_readexactly_is_never_cut() -> None:
 
 
 async def test_reader_not_draining_waits_as_usual() -> None:
-    reader = _Reader(2**16, asyncio.get_running_loop())
+    reader = Reader(2**16, asyncio.get_running_loop())
     line = asyncio.ensure_future(reader.readline())
     await asyncio.sleep(0)
     assert not line.done()
@@ -98,20 +103,6 @@ async def test_body_being_read_survives_shutdown(tmp_path: Path) -> None:
         assert await reader.read() == b""  # then, between messages, end-of-stream
         await task
     writer.close()
-
-
-async def test_client_errors_never_restart_a_server(tmp_path: Path) -> None:
-    plan = plan_from(
-        tmp_path,
-        """
-        servers: [{name: s, handler: "tests.apps:lines", port: 0, on_handler_error: restart}]
-        """,
-    )
-    async with running(plan) as sup:
-        for _ in range(3):
-            assert await ask(port_of(sup, "s"), b"reset") == b""
-        assert await ask(port_of(sup, "s"), b"who") == b"s#1\n"
-        assert sup.children[0].stats.handler_errors == 0
 
 
 async def test_a_slow_start_holds_up_nobody_else(tmp_path: Path) -> None:

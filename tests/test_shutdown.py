@@ -19,12 +19,14 @@ MARGIN = 0.3
 CONFIG = """
 supervisor: {{shutdown_timeout: {total}}}
 servers:
-  - {{name: s, handler: "{handler}", port: 0, shutdown_timeout: {budget}}}
+  - {{name: s, handler: "{handler}", port: 0, shutdown_timeout: {budget}{extra}}}
 """
 
 
-async def start(tmp_path: Path, *, handler: str = "tests.apps:lines", budget: str = "5s", total: str = "30s"):  # type: ignore[no-untyped-def]
-    sup = Supervisor(plan_from(tmp_path, CONFIG.format(handler=handler, budget=budget, total=total)))
+async def start(  # type: ignore[no-untyped-def]
+    tmp_path: Path, *, handler: str = "tests.apps:lines", budget: str = "5s", total: str = "30s", extra: str = ""
+):
+    sup = Supervisor(plan_from(tmp_path, CONFIG.format(handler=handler, budget=budget, total=total, extra=extra)))
     task = asyncio.create_task(sup.serve())
     async with asyncio.timeout(DEADLINE):
         await asyncio.shield(sup.ready)
@@ -123,7 +125,7 @@ async def test_handler_ignoring_eof_is_cut_at_budget(tmp_path: Path, caplog: pyt
 
 async def test_a_client_that_never_reads_is_cut_at_budget(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The slow-reader path: the handler has returned, but its last bytes are owed to a client that never reads."""
-    sup, task, port = await start(tmp_path, budget="400ms")
+    sup, task, port = await start(tmp_path, budget="400ms", extra=", max_write_buffer: 0")  # no bound but the drain
     reader, writer = await connect(port, b"blurt 50000000")  # far more than the socket buffers hold
     try:
         assert await reader.readexactly(1) == b"x"  # the handler wrote, and returned

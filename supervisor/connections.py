@@ -1,0 +1,57 @@
+"""The live connections of one generation: which handler task serves which reader and writer.
+
+Why we track connections ourselves: ``Server.wait_closed()`` returns at once on 3.11 and uvloop, waits forever
+for idle clients on 3.12+, and ``close_clients()`` exists only on 3.13 (not on uvloop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from supervisor.streams import Reader
+
+
+class Connections:
+    def __init__(self) -> None:
+        self._by_task: dict[asyncio.Task[Any], tuple[Reader, asyncio.StreamWriter]] = {}
+        self.empty = asyncio.Event()
+        self.empty.set()
+        self.cancelling = False  # set once we cancel them: their handlers' CancelledError is ours, not a bug
+
+    def __len__(self) -> int:
+        return len(self._by_task)
+
+    def add(self, task: asyncio.Task[Any], reader: Reader, writer: asyncio.StreamWriter) -> None:
+        self._by_task[task] = (reader, writer)
+        self.empty.clear()
+
+    def remove(self, task: asyncio.Task[Any]) -> None:
+        del self._by_task[task]
+        if not self._by_task:
+            self.empty.set()
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        return list(self._by_task)
+
+    def end_idle(self) -> None:
+        """Every connection waiting between messages reads end-of-stream now."""
+        for reader, _ in self._by_task.values():
+            reader.eof_if_idle()
+
+    def cancel_all(self) -> None:
+        self.cancelling = True
+        for task, (_, writer) in list(self._by_task.items()):
+            task.cancel()
+            writer.transport.abort()
+
+    def peers(self, shown: int = 5) -> str:
+        """The first few peers, for a log line: ``127.0.0.1:5001, 127.0.0.1:5002 and 3 more``."""
+        writers = [w for _, w in self._by_task.values()]
+        names = ", ".join(_peer(w) for w in writers[:shown])
+        return f"{names} and {len(writers) - shown} more" if len(writers) > shown else names
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)

@@ -1,0 +1,319 @@
+"""One start of a server: enter its lifespan, take connections, drain them, exit -- every phase bounded.
+
+    enter lifespan (start_timeout) -> attach to the listener -> ready(address) -> wait for stop or failure
+    -> detach -> on_end(reason) -> wait for the drain budget -> drain -> exit lifespan (what is left of
+    the budget, at least EXIT_GRACE)
+
+A stop while entering cuts the enter at once (there is nothing to drain yet). The force future (a second stop
+signal) cuts whichever phase is running. The coordinator creates a Generation, runs ``run()`` as a task, and
+drives it through :meth:`stop` and :meth:`start_drain`; the generation reports back only through ``on_end``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+from supervisor.address import Address
+from supervisor.connections import Connections
+from supervisor.errors import StopServer
+from supervisor.handler import Handler, ServerContext, open_handler, set_current
+from supervisor.listener import Listener
+from supervisor.plan import ServerPlan
+from supervisor.state import ServerStats
+from supervisor.streams import FRESH_WINDOW, Reader, bound_writer, client_fault
+from supervisor.throttle import folded
+
+LOGGER = logging.getLogger("supervisor")
+
+# After cancelling leftover handlers, how long they may take to unwind before we abandon them.
+CANCEL_GRACE = 1.0
+# The least time a lifespan gets to exit, even when the drain used the whole budget.
+EXIT_GRACE = 1.0
+
+Reason = BaseException | None  # None: stopped on request; StopServer: stopped itself; other: failure
+
+
+class StartTimeout(Exception):  # noqa: N818 - it reads as what happened
+    """The lifespan did not finish entering within ``start_timeout``."""
+
+
+class Generation:
+    def __init__(
+        self,
+        plan: ServerPlan,
+        number: int,
+        listener: Listener,
+        stats: ServerStats,
+        force: asyncio.Future[None],
+        on_end: Callable[[Generation, Reason], None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.plan = plan
+        self.number = number
+        self.ctx = ServerContext(plan.name, number, plan.options)
+        self.stats = stats
+        self.ready: asyncio.Future[Address] = loop.create_future()
+        self.task: asyncio.Task[None] | None = None
+        self.spare_fresh = False  # a restart's drain: see streams.Reader
+        self.conns = Connections()
+        self._listener = listener
+        self._force = force
+        self._on_end = on_end
+        self._stop: asyncio.Future[Reason] = loop.create_future()
+        self._drain_budget: asyncio.Future[float] = loop.create_future()
+        self._handler: Handler | None = None
+        self._ended = False
+        self._phase: asyncio.Timeout | None = None  # the bounded phase running now (enter or exit)
+        self._exit_by: float | None = None  # loop time the drain budget ends
+        force.add_done_callback(self._forced)
+
+    @property
+    def name(self) -> str:
+        return f"{self.plan.name}#{self.number}"
+
+    @property
+    def draining(self) -> bool:
+        return self.ctx.draining.is_set()
+
+    # -- requests from the coordinator -----------------------------------------------------------------------------
+
+    def stop(self, reason: Reason = None) -> None:
+        """Stop taking connections now (idempotent). The drain waits for :meth:`start_drain`."""
+        if not self._stop.done():
+            self._stop.set_result(reason)
+            # detach at once, not when the task next runs: a connection accepted in between must
+            # wait for the next generation, not join one that is about to drain
+            self._listener.detach(self)
+            if not self.ready.done():
+                self._cut_phase()  # still entering its lifespan: nothing to drain, don't wait for it
+
+    def start_drain(self, budget: float, *, restart: bool = False) -> None:
+        if not self._drain_budget.done():
+            self.spare_fresh = restart
+            self._drain_budget.set_result(budget)
+
+    def _forced(self, _: asyncio.Future[None]) -> None:
+        self._cut_phase()
+
+    def _cut_phase(self) -> None:
+        if self._phase is not None and not self._phase.expired():
+            self._phase.reschedule(asyncio.get_running_loop().time())
+
+    # -- the task --------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        set_current(self.ctx)
+        lifespan = open_handler(self.plan.target, self.plan.direct, self.plan.options)
+        try:
+            handler = await self._enter(lifespan)
+            if handler is None:
+                self.ready.cancel()
+                self._end(None)  # stopped while it was starting
+                return
+            try:
+                await self._serve_and_drain(handler)
+            except BaseException as exc:
+                if not await self._exit(lifespan, exc):
+                    raise
+            else:
+                await self._exit(lifespan, None)
+        except asyncio.CancelledError:
+            if not self.ready.done():
+                self.ready.cancel()
+            self._end(None)
+            raise
+        except BaseException as exc:
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+                self.ready.exception()  # the coordinator learns it via on_end; don't warn "never retrieved"
+            if self._ended and not isinstance(exc, StopServer):
+                # the lifespan (or its background task) failed after this generation had stopped
+                LOGGER.error("server %s: failed while stopping: %r", self.name, exc, exc_info=exc)
+            self._end(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._force.remove_done_callback(self._forced)
+            self._listener.detach(self)
+            self.ctx.draining.set()
+            self.conns.cancel_all()
+
+    async def _enter(self, lifespan: AbstractAsyncContextManager[Handler]) -> Handler | None:
+        if self._stop.done():
+            return None
+        try:
+            async with self._bounded(self.plan.start_timeout) as phase:
+                return await lifespan.__aenter__()
+        except TimeoutError:
+            if not phase.expired():
+                raise  # the lifespan's own TimeoutError: a failure like any other
+            if self._stop.done() or self._force.done():
+                return None
+            raise StartTimeout(
+                f"the lifespan did not finish entering within {self.plan.start_timeout:g}s (start_timeout)"
+            ) from None
+
+    async def _serve_and_drain(self, handler: Handler) -> None:
+        self._handler = handler
+        if not self._stop.done():  # a stop requested while the lifespan entered: never attach
+            self._listener.attach(self)
+            self.ready.set_result(self._listener.address)
+        try:
+            reason = await self._stop
+        finally:
+            self._listener.detach(self)
+        self._end(reason)
+        loop = asyncio.get_running_loop()
+        budget = await self._drain_budget
+        self._exit_by = loop.time() + budget
+        await self._drain(budget)
+
+    async def _exit(self, lifespan: AbstractAsyncContextManager[Handler], exc: BaseException | None) -> bool:
+        """Exit the lifespan within what is left of the budget; True if it suppressed ``exc``."""
+        loop = asyncio.get_running_loop()
+        exit_by = self._exit_by if self._exit_by is not None else loop.time() + self.plan.shutdown_timeout
+        budget = max(exit_by - loop.time(), EXIT_GRACE)
+        try:
+            async with self._bounded(budget) as phase:
+                if exc is None:
+                    await lifespan.__aexit__(None, None, None)
+                    return False
+                return bool(await lifespan.__aexit__(type(exc), exc, exc.__traceback__))
+        except TimeoutError:
+            if not phase.expired():
+                raise
+            LOGGER.warning("server %s: the lifespan did not exit within %.1fs; cancelled it", self.name, budget)
+            if exc is not None:
+                raise exc from None
+            return False
+
+    def _bounded(self, seconds: float) -> asyncio.Timeout:
+        loop = asyncio.get_running_loop()
+        due = loop.time() if self._force.done() else loop.time() + seconds
+        self._phase = asyncio.timeout_at(due)
+        return self._phase
+
+    def _end(self, reason: Reason) -> None:
+        if not self._ended:
+            self._ended = True
+            self._on_end(self, reason)
+
+    # -- connections (the per-connection path: keep it lean) ---------------------------------------------------
+
+    async def serve(self, reader: Reader, writer: asyncio.StreamWriter) -> None:
+        if self._stop.done():
+            # accepted in the instant this generation stopped: the next one serves it
+            await self._listener.dispatch(reader, writer)
+            return
+        if not self._listener.admit(writer):
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        assert self._handler is not None
+        set_current(self.ctx)  # the Server was made outside this generation: give handlers its context
+        plan = self.plan
+        loop = asyncio.get_running_loop()
+        started = reader.accepted_at = loop.time()
+        reader.owner = self
+        if plan.idle_timeout:
+            reader.arm_idle_timeout(plan.idle_timeout)
+        if plan.max_write_buffer:
+            bound_writer(writer, reader, plan.max_write_buffer)
+        conns = self.conns
+        conns.add(task, reader, writer)
+        stats = self.stats
+        stats.active += 1
+        stats.total += 1
+        try:
+            try:
+                await self._handler(reader, writer)
+            except StopServer as exc:
+                self.stop(exc)
+            except Exception as exc:  # noqa: BLE001 - whatever a handler raised is classified and counted here
+                self._handler_failed(exc, reader, writer)
+            if reader.ended_by:
+                stats.client_errors[reader.ended_by] += 1
+            writer.close()
+            if writer.transport.get_write_buffer_size():
+                # a slow reader is still owed bytes: stay in the registry, so the drain bounds it
+                await writer.wait_closed()
+        except asyncio.CancelledError:
+            if not conns.cancelling:
+                raise
+            # We cancelled it at the end of a drain. Ending quietly here is what stops 3.11.7 from
+            # logging a CancelledError traceback per connection (CPython gh-113538).
+            writer.transport.abort()
+        except (ConnectionError, OSError):
+            pass  # the client went away while we flushed
+        finally:
+            reader.disarm()
+            conns.remove(task)
+            stats.active -= 1
+            stats.observe_duration(loop.time() - started)
+            if not writer.transport.is_closing():
+                writer.close()
+
+    def _handler_failed(self, exc: Exception, reader: Reader, writer: asyncio.StreamWriter) -> None:
+        if (reason := client_fault(exc, reader, writer)) is not None:
+            # what a client sends, or how it leaves, is never the server's failure: close, count, one line at most
+            if not reader.ended_by:
+                self.stats.client_errors[reason] += 1
+            LOGGER.debug("server %s: client error (%s): %r", self.plan.name, reason, exc)
+            return
+        self.stats.handler_errors += 1
+        if self.plan.on_handler_error == "restart" and not self._stop.done():
+            self.stop(exc)  # the coordinator logs it as this server's failure
+        elif (more := self._listener.throttle(type(exc).__name__)) is not None:
+            LOGGER.warning(
+                "server %s: handler error, connection closed: %r%s", self.plan.name, exc, folded(more), exc_info=exc
+            )
+
+    async def _drain(self, budget: float) -> None:
+        """Idle connections read EOF; busy ones get ``budget`` seconds; then the rest are cancelled."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # Draining starts now, not at the stop: at shutdown each server waits for its turn.
+        self.ctx.draining.set()
+        conns = self.conns
+        conns.end_idle()
+        recheck = loop.call_later(FRESH_WINDOW, conns.end_idle) if self.spare_fresh else None
+        if conns and not self._force.done():
+            empty = asyncio.ensure_future(conns.empty.wait())
+            try:
+                await asyncio.wait((empty, self._force), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                empty.cancel()
+        if recheck is not None:
+            recheck.cancel()
+        if conns:
+            why = "skipped (second stop request)" if self._force.done() else f"budget {budget:.1f}s used up"
+            LOGGER.warning(
+                "server %s: drain %s, cancelling %d connection(s) of generation %d: %s",
+                self.plan.name, why, len(conns), self.number, conns.peers(),
+            )  # fmt: skip
+            self.stats.drain_cancelled += len(conns)
+            tasks = conns.tasks()
+            conns.cancel_all()
+            await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+        self.stats.last_drain_seconds = loop.time() - started
+
+
+def describe(reason: Reason) -> str:
+    """One line for a log or the status table: ``RuntimeError: crash requested``."""
+    if reason is None:
+        return "stopped unexpectedly"
+    if isinstance(reason, BaseExceptionGroup):
+        # a TaskGroup in a lifespan wraps the real error: name the errors, not the group
+        return "; ".join(describe(e) for e in reason.exceptions)
+    text = str(reason)
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
+def traceback_of(reason: Reason) -> BaseException | None:
+    # bind errors, start timeouts and the like are clear from one line; a traceback helps only for code that raised
+    if reason is None or isinstance(reason, OSError | StartTimeout):
+        return None
+    return reason

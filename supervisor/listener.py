@@ -1,0 +1,159 @@
+"""The kept listening socket of one server and the one ``asyncio.Server`` accepting on it, for the server's life.
+
+Restarts never close it: each accepted connection goes to the generation accepting now, or is parked until the
+next one attaches. Closing a Server while an accept is under way makes asyncio drop that connection silently
+(``Server._attach`` asserts), so a restart must not close anything; closing for good is done with care.
+``max_connections`` counts parked connections too: a long restart gap cannot pile them up without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from asyncio.selector_events import BaseSelectorEventLoop
+from typing import TYPE_CHECKING
+
+from supervisor.address import Address
+from supervisor.plan import ServerPlan
+from supervisor.state import ServerStats
+from supervisor.streams import Reader
+from supervisor.throttle import Throttle, folded
+
+if TYPE_CHECKING:
+    from supervisor.generation import Generation
+
+LOGGER = logging.getLogger("supervisor")
+
+
+class Listener:
+    def __init__(self, plan: ServerPlan, sock: socket.socket, stats: ServerStats) -> None:
+        self.plan = plan
+        self.sock = sock
+        self.stats = stats
+        host, port = sock.getsockname()[:2]
+        self.address = Address(host, port)
+        self.current: Generation | None = None
+        self._next: asyncio.Future[Generation | None] | None = None
+        self._server: asyncio.Server | None = None
+        self._closed = False
+        self._limit = plan.max_connections or 1 << 62
+        self.throttle = Throttle()  # this server's log lines that clients can trigger at will
+
+    @classmethod
+    def bind(cls, plan: ServerPlan, stats: ServerStats) -> Listener:
+        family, _, _, _, address = socket.getaddrinfo(
+            plan.host, plan.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+        )[0]
+        # Not socket.create_server(): it leaves proto 0, accepted sockets inherit it, and asyncio sets
+        # TCP_NODELAY only when proto is IPPROTO_TCP. Without it every keep-alive response waits ~40 ms
+        # for a delayed ACK (Nagle), on asyncio's loop; uvloop sets it regardless.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(plan.backlog)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"{exc.strerror} (while binding {Address(plan.host, plan.port)})") from None
+        return cls(plan, sock, stats)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(self._make_protocol, sock=self.sock, backlog=self.plan.backlog)
+
+    @property
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def attach(self, gen: Generation) -> None:
+        self.current = gen
+        if self._next is not None:
+            self._next.set_result(gen)
+            self._next = None
+
+    def detach(self, gen: Generation) -> None:
+        if self.current is gen:
+            self.current = None
+
+    def close(self) -> None:
+        """Stop accepting for good (idempotent), without dropping a connection accepted this instant."""
+        if self._closed:
+            return
+        self._closed = True
+        self.current = None
+        if self._next is not None:
+            self._next.set_result(None)  # parked connections are closed
+            self._next = None
+        server = self._server
+        if server is None:
+            self.sock.close()
+            return
+        loop = server.get_loop()
+        if isinstance(loop, BaseSelectorEventLoop):
+            loop.remove_reader(self.sock.fileno())  # no new accepts from here on
+            # Accepts already under way attach to the Server in their task's first step, within the
+            # next iteration; closing it before then makes asyncio drop them. uvloop has no such gap.
+            loop.call_soon(loop.call_soon, self._close_now)
+        else:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.sock.close()
+
+    async def wait_closed(self, timeout: float) -> None:
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), timeout)
+            except TimeoutError:
+                LOGGER.warning("server %s: wait_closed() did not return within %.1fs", self.plan.name, timeout)
+
+    # -- the per-connection path: keep it lean ------------------------------------------------------------------
+
+    def admit(self, writer: asyncio.StreamWriter) -> bool:
+        """False (and the connection closed, counted, logged at most once per interval) past max_connections."""
+        stats = self.stats
+        if stats.active + stats.parked < self._limit:
+            return True
+        stats.rejected += 1
+        writer.transport.close()
+        if (more := self.throttle("rejected")) is not None:
+            LOGGER.warning(
+                "server %s: max_connections (%d) reached, closing new connections%s",
+                self.plan.name, self.plan.max_connections, folded(more),
+            )  # fmt: skip
+        return False
+
+    def _make_protocol(self) -> asyncio.StreamReaderProtocol:
+        # Bind the connection to the generation accepting now: one coroutine per connection, not two.
+        gen = self.current
+        serve = gen.serve if gen is not None else self.dispatch
+        reader = Reader(self.plan.read_limit, self._loop)
+        return asyncio.StreamReaderProtocol(reader, serve, loop=self._loop)  # type: ignore[arg-type]
+
+    async def dispatch(self, reader: Reader, writer: asyncio.StreamWriter) -> None:
+        """Serve a connection with the generation accepting now, or park it until the next one attaches."""
+        gen = self.current
+        if gen is None:
+            # restarting: the connection waits for the next generation instead of being refused
+            if self._closed:
+                writer.transport.abort()
+                return
+            if not self.admit(writer):
+                return
+            if self._next is None:
+                self._next = asyncio.get_running_loop().create_future()
+            self.stats.parked += 1
+            try:
+                gen = await asyncio.shield(self._next)
+            finally:
+                self.stats.parked -= 1
+            if gen is None:
+                writer.transport.abort()
+                return
+        await gen.serve(reader, writer)

@@ -1,0 +1,200 @@
+"""Per-connection stream plumbing: the reader that drains and times out, the writer with a bound, and the one
+rule for what is the client's doing.
+
+Nothing here knows about generations or the supervisor: a reader is told, through :class:`DrainState`, whether
+the server it belongs to is draining. Everything on the per-read and per-write path is kept to an attribute
+check or two; the costlier work (timers, traceback walks) happens only when a limit or an error is hit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Iterable
+from typing import Any, Protocol, SupportsIndex
+
+# Why the supervisor closed a connection, or how a client broke it: the label values of
+# supervisor_client_errors_total, all exported from the first scrape.
+CLIENT_REASONS = ("too_long", "incomplete", "reset", "tls", "idle_timeout", "write_buffer", "other")
+# Reads that frame the next message: a handler waiting in one with nothing buffered is between messages.
+# readexactly() is left alone: it is how handlers read a body they were promised.
+_BOUNDARY_READS = frozenset({"readuntil", "read"})
+# At a restart, a connection accepted less than this long ago that has not sent a byte yet is given to
+# the old generation to serve: its first request is on the way. Older silent ones are between messages.
+FRESH_WINDOW = 1.0
+# Errors raised inside our own stream objects that are still the handler's mistakes (a wrong argument). Not
+# RuntimeError: uvloop raises it for a write to a transport the client already closed.
+_PROGRAMMING_ERRORS = (TypeError, AttributeError, AssertionError)
+
+
+class IdleTimeout(TimeoutError):  # noqa: N818 - reads as what happened, like TimeoutError
+    """Raised into a handler's read when its client sent nothing for ``idle_timeout`` mid-message."""
+
+
+class DrainState(Protocol):
+    """What a reader needs from the generation serving it."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def spare_fresh(self) -> bool: ...
+
+
+class Reader(asyncio.StreamReader):
+    """A StreamReader that reads end-of-stream once its server drains, if it is between messages.
+
+    Between messages = waiting in readline/readuntil/read with nothing buffered. That is how an idle
+    keep-alive connection leaves its handler loop by itself at shutdown, while a handler in the middle
+    of a message (bytes buffered, or waiting in readexactly) keeps its whole drain budget.
+    With ``idle_timeout``, a client that sends nothing for that long is ended the same way when it is
+    between messages, and with :class:`IdleTimeout` raised into the read when it is not (a slowloris).
+    """
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.owner: DrainState | None = None  # the generation serving this connection
+        self.accepted_at = 0.0  # loop time
+        self.ended_by = ""  # a CLIENT_REASONS value once the supervisor ended the connection itself
+        self._reading = ""  # the last read that had to wait for data
+        self._fresh = True  # no byte received yet
+        self._idle_timeout = 0.0
+        self._last_rx = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- draining ------------------------------------------------------------------------------------------------
+
+    def _between_messages(self, func_name: str) -> bool:
+        owner = self.owner
+        return (
+            owner is not None
+            and owner.draining
+            and func_name in _BOUNDARY_READS
+            and not self._buffer  # type: ignore[attr-defined]
+            and not (owner.spare_fresh and self._fresh and self._age() < FRESH_WINDOW)
+        )
+
+    def _age(self) -> float:
+        return self._loop.time() - self.accepted_at  # type: ignore[attr-defined,no-any-return]
+
+    def _wait_for_data(self, func_name: str) -> Awaitable[None]:
+        # Not a coroutine: every read that waits passes here, so hand back the base class's own
+        # awaitable instead of wrapping it in one more coroutine frame per request.
+        self._reading = func_name
+        if self._between_messages(func_name):
+            self.feed_eof()
+            done: asyncio.Future[None] = self._loop.create_future()  # type: ignore[attr-defined]
+            done.set_result(None)
+            return done  # every caller re-checks _eof after waiting and reports end-of-stream
+        return super()._wait_for_data(func_name)  # type: ignore[misc, no-any-return]
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        # Bytes arriving after an end-of-stream we injected: the handler has finished; drop them
+        # (StreamReader asserts otherwise, and the loop would abort the connection mid-goodbye).
+        if not self._eof:  # type: ignore[attr-defined]
+            self._fresh = False
+            if self._idle_timeout:
+                self._last_rx = self._loop.time()  # type: ignore[attr-defined]
+            super().feed_data(data)
+
+    def eof_if_idle(self) -> bool:
+        """End the read now if the handler waits between messages (``_waiter``: a read is blocked)."""
+        if self._waiter is not None and self._between_messages(self._reading):  # type: ignore[attr-defined]
+            self.feed_eof()
+            return True
+        return False
+
+    # -- idle timeout ----------------------------------------------------------------------------------------------
+
+    def arm_idle_timeout(self, seconds: float) -> None:
+        loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[attr-defined]
+        self._idle_timeout = seconds
+        self._last_rx = loop.time()
+        self._idle_timer = loop.call_later(seconds, self._idle_check)
+
+    def disarm(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_check(self) -> None:
+        # One timer per connection, moved on only when it fires: nothing is rescheduled per read.
+        loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[attr-defined]
+        due = self._last_rx + self._idle_timeout
+        if loop.time() < due:
+            self._idle_timer = loop.call_at(due, self._idle_check)
+            return
+        self._idle_timer = None
+        self.ended_by = "idle_timeout"
+        if self._waiter is not None and not self._buffer:  # type: ignore[attr-defined]
+            self.feed_eof()  # between messages: a clean end-of-stream, the handler may still say goodbye
+            return
+        self.set_exception(IdleTimeout(f"no data from the client for {self._idle_timeout:g}s"))
+        transport = self._transport  # type: ignore[attr-defined]
+        if transport is not None:
+            transport.abort()
+
+
+class BoundedWriter(asyncio.StreamWriter):
+    """A StreamWriter whose connection is closed once more than ``limit`` bytes wait to be sent.
+
+    Checked only while the transport is above its high-water mark (``pause_writing`` was called), so a
+    write costs one attribute test more than the base class's. A handler that never awaits ``drain()``
+    (a broadcast to a client that never reads) cannot grow the process past the limit.
+    """
+
+    limit: int
+    reader: Reader
+
+    def write(self, data: Any) -> None:
+        transport = self._transport  # type: ignore[attr-defined]
+        if self.reader.ended_by:
+            return  # we closed it: drop further writes instead of letting asyncio warn about each one
+        transport.write(data)
+        if self._protocol._paused and transport.get_write_buffer_size() > self.limit:  # type: ignore[attr-defined]
+            self.reader.ended_by = "write_buffer"
+            transport.abort()
+
+
+def bound_writer(writer: asyncio.StreamWriter, reader: Reader, limit: int) -> None:
+    """Give ``writer`` the bound in place: the protocol keeps its own reference to this very object."""
+    writer.__class__ = BoundedWriter
+    bounded: BoundedWriter = writer  # type: ignore[assignment]
+    bounded.limit = limit
+    bounded.reader = reader
+
+
+def client_fault(exc: BaseException, reader: Reader, writer: asyncio.StreamWriter) -> str | None:
+    """The CLIENT_REASONS value if ``exc`` is the client's doing, else None (the handler's own failure).
+
+    The rule is where the error was raised, not a list of types: inside this connection's reader, writer or
+    protocol (a line over the limit, a reset while reading or flushing, a TLS error, end-of-stream in the
+    middle of readexactly()) it is the client's; anywhere else it is the handler's code. Walking the
+    traceback costs something only when a handler already failed.
+    """
+    if reader.ended_by:
+        return reader.ended_by
+    if isinstance(exc, _PROGRAMMING_ERRORS) and not isinstance(exc, IdleTimeout):
+        return None
+    ours = (reader, writer, getattr(writer, "_protocol", None), writer.transport)
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and any(owner is o for o in ours):
+            return _reason(exc)
+        tb = tb.tb_next
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, IdleTimeout):
+        return "idle_timeout"
+    if isinstance(exc, ValueError | asyncio.LimitOverrunError):  # readline() turns LimitOverrunError into this
+        return "too_long"
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "incomplete"
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    if isinstance(exc, ConnectionError | OSError):
+        return "reset"
+    return "other"
