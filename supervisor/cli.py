@@ -9,6 +9,7 @@ import json
 import logging
 import logging.handlers
 import queue
+import resource
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -23,6 +24,7 @@ EXIT_FAILURE = 1  # gave up after too many restarts, or an unexpected error
 EXIT_USAGE = 2  # invalid config or command line: nothing was started
 
 EXIT_GRACE = 1.0  # seconds leftover tasks get to unwind once the supervisor has stopped
+FD_RESERVE = 64  # file descriptors beyond the connections: listeners, metrics, console, logging, imports
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -101,6 +103,7 @@ def run(plan: Plan) -> int:
     from supervisor.views import enabled_views
 
     views = enabled_views(plan)
+    _raise_open_files_limit(plan)
     if plan.supervisor.loop == "uvloop":
         import uvloop
 
@@ -120,6 +123,32 @@ def run(plan: Plan) -> int:
         return EXIT_FAILURE
     LOGGER.info("exit 0")
     return EXIT_OK
+
+
+def _raise_open_files_limit(plan: Plan) -> None:
+    """Every connection is a file descriptor: take the hard limit (as Go's runtime does), warn if still short.
+
+    The soft limit is often 1024 while the hard one is far higher; a server at its max_connections would
+    otherwise hit EMFILE long before any bound of ours.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+        else:
+            if target != soft:
+                LOGGER.info("open-files limit raised from %d to %d (the hard limit)", soft, target)
+                soft = target
+    wanted = sum(s.max_connections for s in plan.servers) + FD_RESERVE
+    if all(s.max_connections for s in plan.servers) and wanted > soft:
+        LOGGER.warning(
+            "the servers may hold %d connections (the sum of max_connections) but the process may open only %d "
+            "files: past that, accepts fail with EMFILE; raise LimitNOFILE= / ulimit -n or lower max_connections",
+            wanted - FD_RESERVE, soft,
+        )  # fmt: skip
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop, main: Coroutine[Any, Any, None]) -> None:

@@ -30,9 +30,9 @@ from aiohttp.web_exceptions import NotAppKeyWarning
 
 from supervisor.errors import ConfigError
 from supervisor.plan import Plan
-from supervisor.state import ChildState, TreeSnapshot
+from supervisor.state import ChildState, TreeSnapshot, readiness
 from supervisor.supervisor import CONTROL_TIMEOUT, Supervisor
-from supervisor.views import ViewError, check_ports_free, is_loopback, port_is_free, readiness
+from supervisor.views import ViewError, check_ports_free, is_loopback, port_is_free
 
 with warnings.catch_warnings():
     # aiomonitor 0.7.1 imports click.parser.split_arg_string, deprecated in Click 8.2 (P10); pinned click<9
@@ -115,7 +115,7 @@ def status_rows(supervisor: Supervisor) -> list[dict[str, Any]]:
 
 def status_json(supervisor: Supervisor) -> str:
     snap = supervisor.snapshot()
-    ready, why = readiness(supervisor, snap)
+    ready, why = readiness(snap)
     tree = {"ready": ready, "not_ready_because": why or None, "shutting_down": snap.shutting_down}
     return json.dumps({**tree, "servers": status_rows(supervisor)})
 
@@ -151,7 +151,7 @@ def status_table(supervisor: Supervisor) -> list[str]:
 
 def _summary(supervisor: Supervisor, snap: TreeSnapshot) -> str:
     running = sum(c.state is ChildState.RUNNING for c in snap.children)
-    ready, why = readiness(supervisor, snap)
+    ready, why = readiness(snap)
     state = "ready" if ready else why if snap.shutting_down else f"not ready ({why})"
     return f"{state}, {running}/{len(snap.children)} server(s) running"
 

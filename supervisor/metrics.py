@@ -34,9 +34,10 @@ from prometheus_client.registry import Collector
 from supervisor import __version__
 from supervisor.address import Address
 from supervisor.plan import Plan
-from supervisor.state import DURATION_BUCKETS, ChildState
+from supervisor.state import DURATION_BUCKETS, ChildState, readiness
+from supervisor.streams import CLIENT_REASONS
 from supervisor.supervisor import Supervisor
-from supervisor.views import ViewError, readiness
+from supervisor.views import ViewError
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -91,6 +92,20 @@ class SupervisorCollector(Collector):
             "Connections cancelled because a drain ran out of time",
             labels=labels,
         )
+        client = CounterMetricFamily(
+            "supervisor_client_errors",
+            "Connections ended by the client's doing, by reason: too_long (over read_limit), incomplete, reset, tls, "
+            "idle_timeout, write_buffer (over max_write_buffer), other",
+            labels=["server", "reason"],
+        )
+        rejected = CounterMetricFamily(
+            "supervisor_connections_rejected", "Connections closed at once: max_connections reached", labels=labels
+        )
+        accept_errors = CounterMetricFamily(
+            "supervisor_accept_errors",
+            "accept() failures for lack of resources (EMFILE: too many open files, ENFILE, ENOBUFS, ENOMEM)",
+            labels=labels,
+        )
         statuses = {c.name: c for c in snap.children}
         for child in self._sup.children:
             name = child.plan.name
@@ -113,8 +128,13 @@ class SupervisorCollector(Collector):
             duration.add_metric([name], _buckets(stats.duration_counts), stats.duration_sum)
             drain.add_metric([name], stats.last_drain_seconds)
             cancelled.add_metric([name], float(stats.drain_cancelled))
+            for reason in CLIENT_REASONS:
+                client.add_metric([name, reason], float(stats.client_errors.get(reason, 0)))
+            rejected.add_metric([name], float(stats.rejected))
+            accept_errors.add_metric([name], float(stats.accept_errors))
         yield from (up, state, uptime, generation, restarts, active, total, errors, duration, drain, cancelled)
-        ready, _ = readiness(self._sup, snap)
+        yield from (client, rejected, accept_errors)
+        ready, _ = readiness(snap)
         yield GaugeMetricFamily(
             "supervisor_ready", "1 when every permanent server serves and no shutdown is under way", value=ready
         )
@@ -202,7 +222,7 @@ class MetricsServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         snap = self.supervisor.snapshot()
-        ready, why = readiness(self.supervisor, snap)
+        ready, why = readiness(snap)
         if ready:
             return _json(200, {"ready": True})
         servers = {c.name: c.state.value for c in snap.children}

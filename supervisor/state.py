@@ -58,13 +58,41 @@ class ChildStatus:
     generation: int
     restarts: int
     last_error: str
+    wanted: bool = True  # False once stopped on purpose (ctl stop) or given up on
 
 
 @dataclass(frozen=True, slots=True)
 class TreeSnapshot:
     children: tuple[ChildStatus, ...] = ()
-    ready: bool = False
+    started: bool = False  # every wanted server has served at least once (the readiness handshake)
     shutting_down: bool = False
 
     def child(self, name: str) -> ChildStatus | None:
         return next((c for c in self.children if c.name == name), None)
+
+    @property
+    def ready(self) -> bool:
+        return readiness(self)[0]
+
+
+def readiness(snap: TreeSnapshot) -> tuple[bool, str]:
+    """The one readiness rule, behind the snapshot, ``/readyz``, ``supervisor_ready``, sd_notify and ``status``.
+
+    Ready: the tree has started, no shutdown is under way, and every ``permanent`` server that is meant to run
+    is serving. Transient and temporary servers, and servers stopped on purpose (``ctl stop``), don't count:
+    under Kubernetes an unready pod leaves its Service, which must not happen for a server an operator stopped.
+    The reason names what is missing: ``not serving: echo (backoff: OSError: ...)``.
+    """
+    if snap.shutting_down:
+        return False, "shutting down"
+    needed = (c for c in snap.children if c.wanted and (c.restart == "permanent" or not snap.started))
+    down = [c for c in needed if c.state is not ChildState.RUNNING]
+    if down:
+        return False, "not serving: " + ", ".join(_why(c) for c in down)
+    if not snap.started:
+        return False, "starting"
+    return True, ""
+
+
+def _why(c: ChildStatus) -> str:
+    return f"{c.name} ({c.state.value}: {c.last_error})" if c.last_error else f"{c.name} ({c.state.value})"

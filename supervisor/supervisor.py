@@ -26,6 +26,7 @@ from supervisor.address import Address
 from supervisor.errors import GaveUp, StopServer
 from supervisor.generation import CANCEL_GRACE, Generation, Reason, describe, traceback_of
 from supervisor.listener import Listener
+from supervisor.loopguard import LoopGuard
 from supervisor.plan import Plan, ServerPlan
 from supervisor.restart import Backoff, Intensity, should_restart
 from supervisor.state import ChildState, ChildStatus, ServerStats, TreeSnapshot
@@ -126,6 +127,14 @@ class Supervisor:
         # The readiness handshake: resolves with every bound address once all servers serve.
         # Created here, so construct the Supervisor inside the loop that will run it.
         self.ready: asyncio.Future[list[Address]] = asyncio.get_running_loop().create_future()
+        self.guard = LoopGuard(self._server_at, plan.supervisor.max_loop_lag)
+
+    def _server_at(self, fd: int) -> tuple[str, ServerStats] | None:
+        """The server listening on ``fd`` (for the loop guard's accept errors)."""
+        for c in self.children:
+            if c.listener is not None and c.listener.fileno == fd:
+                return c.name, c.stats
+        return None
 
     # -- public, on the loop ------------------------------------------------------------------------------------
 
@@ -196,12 +205,13 @@ class Supervisor:
         sup = self.plan.supervisor
         self._intensity = Intensity(sup.max_restarts, sup.restart_window, self.now)
         try:
-            async with asyncio.TaskGroup() as tg:
-                self._tg = tg
-                try:
-                    await self._run()
-                finally:
-                    await self._shutdown()
+            with self.guard.installed(self._loop):
+                async with asyncio.TaskGroup() as tg:
+                    self._tg = tg
+                    try:
+                        await self._run()
+                    finally:
+                        await self._shutdown()
         finally:
             for child in self.children:
                 self._release(child)
@@ -503,10 +513,9 @@ class Supervisor:
         self._publish()
 
     def _publish(self) -> None:
-        ready = self.ready.done() and not self.ready.cancelled()
         self._snapshot = TreeSnapshot(
             children=tuple(self._status(c) for c in self.children),
-            ready=ready and not self._shutting_down and self._all_up(),
+            started=self.ready.done() and not self.ready.cancelled(),
             shutting_down=self._shutting_down,
         )
         changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
@@ -523,6 +532,7 @@ class Supervisor:
             generation=c.generation,
             restarts=c.restarts,
             last_error=c.last_error,
+            wanted=c.wanted,
         )
 
     async def changed(self) -> TreeSnapshot:

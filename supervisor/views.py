@@ -19,8 +19,6 @@ from supervisor.app import View
 from supervisor.config import Config
 from supervisor.errors import SupervisorError
 from supervisor.plan import Plan
-from supervisor.state import ChildState, TreeSnapshot
-from supervisor.supervisor import Supervisor
 
 
 class ViewError(SupervisorError):
@@ -55,21 +53,6 @@ def enabled_views(plan: Plan) -> tuple[View, ...]:
 
         views.append(notify_view)
     return tuple(views)
-
-
-def readiness(supervisor: Supervisor, snap: TreeSnapshot) -> tuple[bool, str]:
-    """(True, "") when every permanent server serves and no shutdown is under way, else (False, why).
-
-    The rule behind ``/readyz``, ``supervisor_ready`` and the console's status. Safe on any thread.
-    """
-    if snap.shutting_down:
-        return False, "shutting down"
-    if not supervisor.ready.done() or supervisor.ready.cancelled():
-        return False, "starting"
-    down = [c.name for c in snap.children if c.restart == "permanent" and c.state is not ChildState.RUNNING]
-    if down:
-        return False, f"not serving: {', '.join(down)}"
-    return True, ""
 
 
 def is_loopback(host: str) -> bool:

@@ -144,3 +144,13 @@ async def immortal(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
             await asyncio.sleep(3600)
         except asyncio.CancelledError:  # the point of this handler
             continue
+
+
+@contextlib.asynccontextmanager
+async def sluggish(options: Mapping[str, Any]) -> AsyncIterator[Handler]:
+    """A lifespan that takes ``enter`` seconds to start and ``exit`` seconds to stop (ignoring draining)."""
+    await asyncio.sleep(float(options.get("enter", 0)))
+    try:
+        yield lines
+    finally:
+        await asyncio.sleep(float(options.get("exit", 0)))

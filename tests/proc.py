@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -20,8 +21,11 @@ LISTENING = re.compile(r"server (\S+) listening on (\S+):(\d+) \(generation (\d+
 class SupervisorProcess:
     """``with SupervisorProcess(config) as sp:`` starts it; leaving the block kills what is still running."""
 
-    def __init__(self, config: Path | str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path | str, *args: str, env: dict[str, str] | None = None, open_files: int | None = None
+    ) -> None:
         self.cmd = [sys.executable, "-m", "supervisor", "run", str(config), *args]
+        self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) for the child
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -31,7 +35,7 @@ class SupervisorProcess:
         STARTED.append(" ".join(self.cmd[2:]))
         self.proc = subprocess.Popen(
             self.cmd, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            stderr=subprocess.STDOUT, text=True, preexec_fn=self._limit if self.open_files else None,
         )  # fmt: skip
         threading.Thread(target=self._follow, daemon=True).start()
         return self
@@ -45,6 +49,10 @@ class SupervisorProcess:
             self._cond.wait_for(lambda: self.lines[-1:] == ["<EOF>"], timeout=10)
         if et is not None:  # show what the supervisor said next to the failure
             sys.stderr.write("---- supervisor output ----\n" + self.output + "\n")
+
+    def _limit(self) -> None:  # in the child, before exec
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def _follow(self) -> None:
         assert self.proc is not None

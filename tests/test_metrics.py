@@ -159,22 +159,38 @@ async def test_openmetrics_is_negotiated(tmp_path: Path) -> None:
 
 
 async def test_healthz_and_readyz(tmp_path: Path) -> None:
-    async with _serving(_plan(tmp_path)) as (sup, server):
+    plan = _plan(
+        tmp_path,
+        """
+        metrics: {port: 0}
+        servers:
+          - {name: alpha, handler: "tests.apps:lines", port: 0, on_handler_error: restart, backoff: {initial: 30s}}
+          - {name: beta, handler: "tests.apps:lines", port: 0, restart: transient, on_handler_error: restart,
+             backoff: {initial: 30s}}
+        """,
+    )
+    async with _serving(plan) as (sup, server):
         assert (await _get(server, "/healthz"))[0] == 200
         status, ctype, body = await _get(server, "/readyz")
         assert (status, json.loads(body)) == (200, {"ready": True})
         assert ctype.startswith("application/json")
-        await sup.control("stop", "beta")  # transient: not needed for readiness
+        await ask(port_of(sup, "beta"), b"crash")
+        await wait_state(sup, "beta", ChildState.BACKOFF)  # transient, in backoff: not needed for readiness
         assert (await _get(server, "/readyz"))[0] == 200
-        await sup.control("stop", "alpha")  # permanent and not serving: not ready
+        assert sup.snapshot().ready  # the snapshot and /readyz apply the same rule
+        await ask(port_of(sup, "alpha"), b"crash")
+        await wait_state(sup, "alpha", ChildState.BACKOFF)  # permanent and not serving: not ready
         status, _, body = await _get(server, "/readyz")
         assert status == 503
         assert json.loads(body) == {
             "ready": False,
-            "reason": "not serving: alpha",
-            "servers": {"alpha": "stopped", "beta": "stopped"},
+            "reason": "not serving: alpha (backoff: RuntimeError: crash requested)",
+            "servers": {"alpha": "backoff", "beta": "backoff"},
         }
         assert _v(await _samples(server), "supervisor_ready") == 0
+        assert not sup.snapshot().ready
+        await sup.control("stop", "alpha")  # stopped on purpose: the operator's choice, not a fault
+        assert (await _get(server, "/readyz"))[0] == 200
         await sup.control("start", "alpha")
         assert (await _get(server, "/readyz"))[0] == 200
 
@@ -304,3 +320,28 @@ async def test_uptime_and_last_drain(tmp_path: Path) -> None:
     assert first >= 0.099  # uvloop's clock has millisecond steps
     assert 0 <= after <= since < first + since  # the new generation's uptime, not the first one's
     assert 0.1 < drain < 0.3 + 0.5  # the old generation drained for as long as its request still needed
+
+
+CLIENT_REASONS = ("too_long", "incomplete", "reset", "tls", "idle_timeout", "write_buffer", "other")
+
+
+async def test_client_errors_rejections_and_accept_errors_are_exported(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, CONFIG.replace("port: 0, restart: transient}", "port: 0, max_connections: 1}"))
+    async with _serving(plan) as (sup, server):
+        before = await _samples(server)
+        assert await ask(port_of(sup, "alpha"), b"x" * 70_000) == b""  # over read_limit
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(sup, "beta"))
+        writer.write(b"who\n")
+        assert await reader.readline() == b"beta#1\n"  # beta's one slot is taken
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port_of(sup, "beta"))
+        assert await r2.read() == b""  # closed at once
+        after = await _samples(server)
+        writer.close()
+        w2.close()
+    for name in ("alpha", "beta"):
+        for reason in CLIENT_REASONS:
+            assert _v(before, "supervisor_client_errors_total", server=name, reason=reason) == 0
+        assert _v(before, "supervisor_connections_rejected_total", server=name) == 0
+        assert _v(before, "supervisor_accept_errors_total", server=name) == 0
+    assert _v(after, "supervisor_client_errors_total", server="alpha", reason="too_long") == 1
+    assert _v(after, "supervisor_connections_rejected_total", server="beta") == 1

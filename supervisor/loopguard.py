@@ -1,0 +1,117 @@
+"""What the event loop itself says and suffers, bounded: accept() failures for lack of file descriptors, asyncio's
+per-connection warnings, and how long the loop was blocked.
+
+* ``socket.accept() out of system resource`` (EMFILE and friends): the selector loop logs one traceback per
+  backlog slot per one-second retry (measured: 1.4 M lines in 8 s with ``ulimit -n 256``). Here it is counted
+  per server, logged once per interval with the count, and asyncio's own retry resumes accepting. uvloop
+  never reports it (libuv accepts and closes such connections itself).
+* ``socket.send() raised exception.``: asyncio warns once per write to a connection already lost; a handler
+  broadcasting to a gone client would fill the log. Folded the same way.
+* Loop lag: a task that sleeps :data:`LAG_INTERVAL` and measures how late it wakes. A handler calling blocking
+  code (``time.sleep(3)``) shows up as a warning naming how long, in ``supervisor_event_loop_lag_seconds``, and
+  makes ``/healthz`` fail while the worst lag in the last :data:`LAG_WINDOW` is over ``max_loop_lag``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from supervisor.state import ServerStats
+from supervisor.throttle import Throttle, folded
+
+LOGGER = logging.getLogger("supervisor")
+
+LAG_INTERVAL = 0.25  # seconds between two lag measurements
+LAG_WINDOW = 30.0  # the lag gauge and /healthz look at the worst lag this far back
+LAG_WARNING = 0.5  # a lag over this is logged (at most once per throttle interval)
+_ACCEPT_MESSAGE = "socket.accept() out of system resource"
+_SEND_MESSAGE = "socket.send() raised exception."
+
+
+class LoopGuard:
+    def __init__(self, servers: Callable[[int], tuple[str, ServerStats] | None], max_lag: float) -> None:
+        self._servers = servers  # listening fd -> (server name, its stats), None for sockets not ours
+        self.max_lag = max_lag
+        self._throttle = Throttle()
+        self._lags: deque[tuple[float, float]] = deque()  # (when, lag) over LAG_WARNING / 10, within LAG_WINDOW
+
+    # -- the worst recent lag, read by metrics and /healthz (on the loop) ---------------------------------------------
+
+    def worst_lag(self) -> float:
+        cutoff = time.monotonic() - LAG_WINDOW
+        while self._lags and self._lags[0][0] < cutoff:
+            self._lags.popleft()
+        return max((lag for _, lag in self._lags), default=0.0)
+
+    def blocked(self) -> bool:
+        return self.worst_lag() > self.max_lag
+
+    # -- installed for the supervisor's life ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def installed(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+        previous = loop.get_exception_handler()
+        loop.set_exception_handler(self._on_loop_error)
+        noise = _FoldSendWarnings(self._throttle)
+        asyncio_logger = logging.getLogger("asyncio")
+        asyncio_logger.addFilter(noise)
+        watcher = loop.create_task(self._watch(), name="supervisor:loop-lag")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            asyncio_logger.removeFilter(noise)
+            loop.set_exception_handler(previous)
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if context.get("message") != _ACCEPT_MESSAGE or not isinstance(exc, OSError):
+            loop.default_exception_handler(context)
+            return
+        sock = context.get("socket")
+        found = self._servers(sock.fileno()) if sock is not None else None
+        name = found[0] if found else "metrics/console"
+        if found:
+            found[1].accept_errors += 1
+        if (more := self._throttle(("accept", name, exc.errno))) is not None:
+            LOGGER.error(
+                "server %s: cannot accept connections: [Errno %s] %s; retrying every second by itself%s "
+                "(raise the open-files limit, ulimit -n / LimitNOFILE=, or lower max_connections)",
+                name, exc.errno, os.strerror(exc.errno or errno.EMFILE), folded(more),
+            )  # fmt: skip
+
+    async def _watch(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(LAG_INTERVAL)
+            lag = time.monotonic() - started - LAG_INTERVAL
+            if lag > LAG_WARNING / 10:
+                self._lags.append((time.monotonic(), lag))
+            if lag > LAG_WARNING and (more := self._throttle("lag")) is not None:
+                LOGGER.warning(
+                    "event loop blocked for %.2fs: a handler or lifespan ran blocking code on the loop%s",
+                    lag, folded(more),
+                )  # fmt: skip
+
+
+class _FoldSendWarnings(logging.Filter):
+    def __init__(self, throttle: Throttle) -> None:
+        super().__init__()
+        self._throttle = throttle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != _SEND_MESSAGE:
+            return True
+        more = self._throttle("send")
+        if more is None:
+            return False
+        record.msg = f"{_SEND_MESSAGE[:-1]} (a handler writing to connections already lost){folded(more)}"
+        return True
