@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 
 from supervisor.plan import Plan
 from supervisor.signals import handle_signals
+from supervisor.status import status_table
 from supervisor.supervisor import Supervisor
 
 # A view is started before the servers and closed after the last one stopped (metrics, console).
@@ -21,5 +22,5 @@ async def run_plan(plan: Plan, views: tuple[View, ...] = ()) -> None:
     async with contextlib.AsyncExitStack() as stack:
         for view in views:
             await stack.enter_async_context(view(plan, supervisor))
-        with handle_signals(asyncio.get_running_loop(), supervisor.request_stop):
+        with handle_signals(asyncio.get_running_loop(), supervisor.request_stop, lambda: status_table(supervisor)):
             await supervisor.serve()

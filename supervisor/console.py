@@ -30,7 +30,8 @@ from aiohttp.web_exceptions import NotAppKeyWarning
 
 from supervisor.errors import ConfigError
 from supervisor.plan import Plan
-from supervisor.state import ChildState, TreeSnapshot, readiness
+from supervisor.state import ChildState
+from supervisor.status import status_json, status_table
 from supervisor.supervisor import CONTROL_TIMEOUT, Supervisor
 from supervisor.views import ViewError, check_ports_free, is_loopback, port_is_free
 
@@ -82,100 +83,6 @@ class SupervisorMonitor(aiomonitor.Monitor):  # type: ignore[misc]  # aiomonitor
 class Outcome:
     ok: bool
     text: str
-
-
-def status_rows(supervisor: Supervisor) -> list[dict[str, Any]]:
-    """One dict per server: the snapshot plus the live counters. Safe on any thread."""
-    snap = supervisor.snapshot()
-    now = _now(supervisor)
-    stats = {c.plan.name: c.stats for c in supervisor.children}
-    rows = []
-    for c in snap.children:
-        s = stats.get(c.name)
-        uptime = None
-        if c.state is ChildState.RUNNING and c.started_at is not None and now is not None:
-            uptime = round(max(0.0, now - c.started_at), 3)
-        rows.append(
-            {
-                "name": c.name,
-                "state": c.state.value,
-                "address": c.address,
-                "restart": c.restart,
-                "uptime_seconds": uptime,
-                "generation": c.generation,
-                "restarts": c.restarts,
-                "connections_active": s.active if s else 0,
-                "connections_total": s.total if s else 0,
-                "handler_errors": s.handler_errors if s else 0,
-                "last_error": c.last_error,
-            }
-        )
-    return rows
-
-
-def status_json(supervisor: Supervisor) -> str:
-    snap = supervisor.snapshot()
-    ready, why = readiness(snap)
-    tree = {"ready": ready, "not_ready_because": why or None, "shutting_down": snap.shutting_down}
-    return json.dumps({**tree, "servers": status_rows(supervisor)})
-
-
-STATUS_HEAD = ("server", "state", "address", "uptime", "restarts", "conns", "last error")
-
-
-def status_table(supervisor: Supervisor) -> list[str]:
-    """The ``status`` table: one row per server in start order, space-aligned, ``-`` for empty cells.
-
-    Stable for scripts: columns never contain spaces except the last (``last error``), so
-    ``awk '{print $1, $2}'`` works; ``conns`` is ``active/total``. The last line sums up the tree.
-    """
-    snap = supervisor.snapshot()
-    rows = [
-        (
-            r["name"],
-            r["state"],
-            r["address"] or "-",
-            format_duration(r["uptime_seconds"]),
-            str(r["restarts"]),
-            f"{r['connections_active']}/{r['connections_total']}",
-            " ".join(r["last_error"].split()) or "-",  # one line, whatever the exception said
-        )
-        for r in status_rows(supervisor)
-    ]
-    widths = [max(len(row[i]) for row in [STATUS_HEAD, *rows]) for i in range(len(STATUS_HEAD))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*STATUS_HEAD).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
-    lines.append(f"supervisor: {_summary(supervisor, snap)}")
-    return lines
-
-
-def _summary(supervisor: Supervisor, snap: TreeSnapshot) -> str:
-    running = sum(c.state is ChildState.RUNNING for c in snap.children)
-    ready, why = readiness(snap)
-    state = "ready" if ready else why if snap.shutting_down else f"not ready ({why})"
-    return f"{state}, {running}/{len(snap.children)} server(s) running"
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.1f}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def _now(supervisor: Supervisor) -> float | None:
-    # On the UI thread the running loop is aiomonitor's: its time() is the same monotonic clock as the
-    # supervisor loop's (asyncio and uvloop both read CLOCK_MONOTONIC), so uptimes computed here are right.
-    try:
-        return supervisor.now()
-    except RuntimeError:
-        return None
 
 
 async def execute(supervisor: Supervisor, action: str, name: str | None, *, as_json: bool = False) -> Outcome:

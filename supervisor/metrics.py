@@ -33,16 +33,20 @@ from prometheus_client.registry import Collector
 
 from supervisor import __version__
 from supervisor.address import Address
+from supervisor.loopguard import LAG_WINDOW
 from supervisor.plan import Plan
 from supervisor.state import DURATION_BUCKETS, ChildState, readiness
 from supervisor.streams import CLIENT_REASONS
 from supervisor.supervisor import Supervisor
+from supervisor.throttle import Throttle, folded
 from supervisor.views import ViewError
 
 LOGGER = logging.getLogger("supervisor")
 
 # The reasons the supervisor counts restarts under (Supervisor._ended / _control); exported from the start.
 RESTART_REASONS = ("failure", "exit", "strategy", "manual")
+# The servers' default backlog: with aiohttp's 128, 200 concurrent scrapes waited 1 s for a SYN retry.
+BACKLOG = 1024
 # aiohttp waits this long for a scrape in progress when the endpoint closes (its default is 60 s).
 CLOSE_TIMEOUT = 1.0
 
@@ -134,6 +138,11 @@ class SupervisorCollector(Collector):
             accept_errors.add_metric([name], float(stats.accept_errors))
         yield from (up, state, uptime, generation, restarts, active, total, errors, duration, drain, cancelled)
         yield from (client, rejected, accept_errors)
+        yield GaugeMetricFamily(
+            "supervisor_event_loop_lag_seconds",
+            f"The longest the event loop was blocked in the last {LAG_WINDOW:g}s (a handler running blocking code)",
+            value=self._sup.guard.worst_lag(),
+        )
         ready, _ = readiness(snap)
         yield GaugeMetricFamily(
             "supervisor_ready", "1 when every permanent server serves and no shutdown is under way", value=ready
@@ -185,6 +194,7 @@ class MetricsServer:
         self.port = port  # the bound port once started (``port: 0`` picks a free one)
         self.registry = make_registry(supervisor, loop_name(asyncio.get_running_loop()))
         self._runner: web.AppRunner | None = None
+        self._noise = _FoldBadRequests()
 
     async def start(self) -> None:
         app = web.Application()
@@ -202,22 +212,30 @@ class MetricsServer:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_TIMEOUT)
         await runner.setup()
         try:
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, backlog=BACKLOG).start()
         except BaseException:
             sock.close()
             await runner.cleanup()
             raise
         self._runner = runner
+        logging.getLogger("aiohttp.server").addFilter(self._noise)
         LOGGER.info("metrics listening on http://%s/metrics", Address(self.host, self.port))
 
     async def close(self) -> None:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+            logging.getLogger("aiohttp.server").removeFilter(self._noise)
             LOGGER.info("metrics stopped")
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        # Answering at all is the check: a blocked loop does not answer, and the prober times out.
+        # Answering at all is most of the check: a blocked loop does not answer, and the prober times out.
+        # A loop blocked again and again for less than the probe's timeout answers late: that fails here.
+        guard = self.supervisor.guard
+        if guard.blocked():
+            lag = round(guard.worst_lag(), 3)
+            why = f"the event loop was blocked for {lag}s within {LAG_WINDOW:g}s (max_loop_lag {guard.max_lag:g}s)"
+            return _json(503, {"status": "loop blocked", "reason": why, "lag_seconds": lag})
         return _json(200, {"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
@@ -229,13 +247,31 @@ class MetricsServer:
         return _json(503, {"ready": False, "reason": why, "servers": servers})
 
 
+class _FoldBadRequests(logging.Filter):
+    """aiohttp logs an ERROR with an 11-line traceback per malformed request (300 requests: 3,300 lines).
+    Anyone who can reach the port can send those: one line per interval, naming the last one, is enough."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttle = Throttle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Error handling request"):
+            return True
+        if (more := self._throttle("bad request")) is not None:
+            exc = record.exc_info[1] if record.exc_info else None
+            what = " ".join(str(exc).split())[:120] if exc else "?"
+            LOGGER.warning("metrics: malformed HTTP request (%s: %s)%s", type(exc).__name__, what, folded(more))
+        return False
+
+
 def _json(status: int, body: object) -> web.Response:
     return web.Response(status=status, text=json.dumps(body) + "\n", content_type="application/json")
 
 
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-    sock = socket.create_server((host, port), family=family, backlog=128)
+    sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
     sock.setblocking(False)
     return sock
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -19,7 +20,7 @@ async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     """Line protocol: ``crash`` raises, ``stop`` raises StopServer, ``sleep N`` answers after N s,
     ``work N`` answers ``working`` then ``done`` after N s, ``who`` names the generation, ``blurt N`` writes
     N bytes and ends the handler without draining them, ``stream N``/``spray N`` write N chunks of 64 KiB with
-    and without drain(), ``bad`` raises from the handler's own code, else echo."""
+    and without drain(), ``bad`` raises from the handler's own code, ``block N`` blocks the loop for N s, else echo."""
     try:
         while line := await reader.readline():
             cmd, _, arg = line.strip().partition(b" ")
@@ -40,6 +41,9 @@ async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             elif cmd == b"nodelay":
                 sock = writer.get_extra_info("socket")
                 writer.write(b"%d\n" % bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+            elif cmd == b"block":  # blocking code on the event loop: the mistake the loop guard reports
+                time.sleep(float(arg))  # noqa: ASYNC251 - on purpose
+                writer.write(b"unblocked\n")
             elif cmd == b"bad":  # the handler's own bug, raised from its own code
                 raise ValueError("handler bug")
             elif cmd in (b"stream", b"spray"):  # N chunks of 64 KiB, awaiting drain() after each, or never

@@ -195,6 +195,24 @@ def test_sighup_is_logged_and_changes_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+def test_sigusr1_logs_the_status_and_sigusr2_is_ignored(tmp_path: Path) -> None:
+    """Python's default for both is to end the process at once, without a drain."""
+    with SupervisorProcess(write_config(tmp_path, LINES)) as sp:
+        ports = sp.ready()
+        sp.signal(signal.SIGUSR1)
+        sp.wait_for(r"INFO supervisor: SIGUSR1 received: status follows")
+        sp.wait_for(r"^supervisor: ready, 2/2 server\(s\) running$")
+        sp.signal(signal.SIGUSR2)
+        sp.wait_for(r"WARNING supervisor: SIGUSR2 received: it has no meaning here; ignoring")
+        with socket.create_connection(("127.0.0.1", ports["work"]), timeout=10) as s:
+            s.sendall(b"who\n")
+            assert s.recv(64) == b"work#1\n"
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+    assert re.search(r"^work\s+running\s+127\.0\.0\.1:\d+", sp.output, re.M)
+
+
+@pytest.mark.e2e
 def test_a_taken_console_port_exits_1_before_any_server_starts(tmp_path: Path) -> None:
     port = free_port_run(2)
     config = write_config(tmp_path, LINES)

@@ -20,12 +20,13 @@ import aiohttp
 import pytest
 
 from supervisor import cli, console
-from supervisor.console import PROMPT, console_view, format_duration
+from supervisor.console import PROMPT, console_view
 from supervisor.ctl import ConsoleClient, Reply
 from supervisor.errors import ConfigError
 from supervisor.metrics import metrics_view
 from supervisor.plan import Plan
 from supervisor.state import ChildState
+from supervisor.status import format_duration
 from supervisor.supervisor import Supervisor
 from supervisor.views import ViewError, is_loopback, view_problems
 from tests.e2e_util import free_port_run, require_tool, write_config

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from supervisor.state import ChildState
 from supervisor.supervisor import Supervisor
 from supervisor.views import ViewError, enabled_views
 from tests.e2e_util import free_port, free_port_run, require_tool, write_config
-from tests.helpers import DEADLINE, ask, plan_from, port_of, served, wait_state
+from tests.helpers import DEADLINE, ask, eventually, plan_from, port_of, served, wait_state
 from tests.proc import SupervisorProcess
 
 CONFIG = """
@@ -345,3 +346,47 @@ async def test_client_errors_rejections_and_accept_errors_are_exported(tmp_path:
         assert _v(before, "supervisor_accept_errors_total", server=name) == 0
     assert _v(after, "supervisor_client_errors_total", server="alpha", reason="too_long") == 1
     assert _v(after, "supervisor_connections_rejected_total", server="beta") == 1
+
+
+async def test_a_blocked_loop_is_logged_exported_and_fails_healthz(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plan = _plan(tmp_path, CONFIG.replace("metrics:", "supervisor: {max_loop_lag: 500ms}\n    metrics:"))
+    async with _serving(plan) as (sup, server):
+        s = await _samples(server)
+        assert _v(s, "supervisor_event_loop_lag_seconds") < 0.5
+        assert (await _get(server, "/healthz"))[0] == 200
+        assert await ask(port_of(sup, "alpha"), b"block 0.8") == b"unblocked\n"  # time.sleep on the loop
+        # measured when the watcher next wakes: the block less what was left of its 0.25 s sleep
+        await eventually(lambda: sup.guard.worst_lag() > 0.5)
+        status, _, body = await _get(server, "/healthz")
+        lag = _v(await _samples(server), "supervisor_event_loop_lag_seconds")
+    assert status == 503
+    assert json.loads(body)["status"] == "loop blocked"
+    assert 0.5 < lag < 0.8 + 0.3
+    (line,) = [r.getMessage() for r in caplog.records if "event loop blocked" in r.getMessage()]
+    assert re.fullmatch(
+        r"event loop blocked for 0\.[5-9]\d?s: a handler or lifespan ran blocking code on the loop", line
+    )
+
+
+async def test_malformed_requests_to_the_metrics_port_log_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with _serving(_plan(tmp_path)) as (_, server):
+        for _ in range(300):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n")
+            assert (await reader.read()).startswith(b"HTTP/1.0 400 Bad Request")
+            writer.close()
+        assert (await _get(server, "/healthz"))[0] == 200
+    lines = [r for r in caplog.records if r.name.startswith(("aiohttp", "supervisor")) and r.levelno >= logging.WARNING]
+    assert [r.getMessage()[:58] for r in lines] == ["metrics: malformed HTTP request (BadHttpMessage: 400, mess"]
+    assert not any(r.exc_info for r in lines)
+
+
+async def test_the_metrics_port_has_the_servers_backlog(tmp_path: Path) -> None:
+    ss = require_tool("ss")
+    async with _serving(_plan(tmp_path)) as (_, server):
+        out = await asyncio.to_thread(subprocess.run, [ss, "-Hltn"], capture_output=True, text=True, timeout=10)
+    assert re.search(rf"^LISTEN\s+\d+\s+1024\s+127\.0\.0\.1:{server.port}\s", out.stdout, re.M), out.stdout

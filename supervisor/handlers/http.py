@@ -1,7 +1,9 @@
 """A small HTTP/1.1 responder with keep-alive.
 
 ``GET /`` answers ``hello``; ``GET /sleep?s=1.5`` answers after that many seconds (at most 60), which
-makes in-flight requests easy to produce when trying a graceful shutdown. Anything else is a 404.
+makes in-flight requests easy to produce when trying a graceful shutdown. Anything else is a 404. A request
+head must arrive within ``header_timeout`` (default 10 s): idle keep-alive connections and slowloris clients
+are closed.
 """
 
 from __future__ import annotations
@@ -10,23 +12,31 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from supervisor.config import parse_duration
 from supervisor.handler import Handler
 
 MAX_SLEEP = 60.0
+HEADER_TIMEOUT = 10.0  # seconds (option header_timeout)
 _HEAD_LIMIT = 16 * 1024
 
 
 def make(options: Mapping[str, Any]) -> Handler:
     body = str(options.get("body", "hello\n")).encode()
+    # The whole head of a request must arrive within this, counted from when the handler starts waiting
+    # for it, so it also ends idle keep-alive connections. A slowloris (a byte every few seconds) is cut here.
+    header_timeout = parse_duration(options.get("header_timeout", HEADER_TIMEOUT))
     hello = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % len(body)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    async with asyncio.timeout(header_timeout):
+                        head = await reader.readuntil(b"\r\n\r\n")
                 except asyncio.IncompleteReadError:
                     break  # client closed (or the server is draining) between requests
+                except TimeoutError:
+                    break  # idle keep-alive, or a head trickling in: close (as nginx does), no answer
                 except asyncio.LimitOverrunError:
                     writer.write(_response(431, b"headers too large\n", close=True))
                     break
