@@ -120,9 +120,16 @@ TRIPS: dict[str, asyncio.Event] = {}
 
 
 async def _fail_when(tripped: asyncio.Event) -> None:
-    await tripped.wait()
-    tripped.clear()
-    raise RuntimeError("tripwire")
+    draining = asyncio.ensure_future(current_server().draining.wait())  # ends with its generation
+    trip = asyncio.ensure_future(tripped.wait())
+    try:
+        await asyncio.wait((draining, trip), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        draining.cancel()
+        trip.cancel()
+    if tripped.is_set():
+        tripped.clear()
+        raise RuntimeError("tripwire")
 
 
 async def _fail_after(delay: float) -> None:

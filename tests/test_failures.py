@@ -140,3 +140,25 @@ async def test_running_raises_the_give_up(tmp_path: Path, caplog: pytest.LogCapt
     with pytest.raises(GaveUp, match=r"giving up: more than 0 restarts within 60s \(last: server s: RuntimeError"):
         await crash_it()
     assert any(m.startswith("giving up: more than 0 restarts") for m in messages(caplog))
+
+
+async def test_a_lifespan_that_fails_on_exit_is_logged_and_the_next_generation_serves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plan = plan_from(
+        tmp_path,
+        """
+        servers:
+          - {name: x, handler: "tests.apps:journaled", port: 0, options: {fail_exit: true}}
+          - {name: neighbour, handler: "tests.apps:lines", port: 0}
+        """,
+    )
+    async with running(plan) as sup:
+        assert (await sup.control("restart", "x")).startswith("restarted x")
+        assert await ask(port_of(sup, "x"), b"who") == b"x#2\n"
+        assert await ask(port_of(sup, "neighbour"), b"who") == b"neighbour#1\n"
+        x = sup.snapshot().child("x")
+        assert x is not None
+        assert x.restarts == 1  # the manual one: a failure after stopping restarts nothing more
+    failed = [m for m in messages(caplog) if m.startswith("server x#")]
+    assert failed[0] == "server x#1: failed while stopping: RuntimeError('lifespan exit failed')"
