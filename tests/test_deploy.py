@@ -95,3 +95,29 @@ async def test_every_metric_the_alerts_use_is_exported(tmp_path: Path) -> None:
     }
     assert used
     assert {name for name in used if f"\n{name}" not in exported} == set()
+
+
+PER_CONNECTION_OVERHEAD = 8 * 1024  # measured: 5.8-6.1 kB per idle connection (README, Benchmarks), rounded up
+BASE_RSS = 64 * 1024 * 1024  # the process before any connection: interpreter, aiohttp, aiomonitor, prometheus
+
+
+def worst_case_bytes(config: Path) -> int:
+    """What every server at max_connections, each connection with full buffers, could hold.
+
+    A StreamReader pauses its transport at twice its limit; writes beyond max_write_buffer close the connection.
+    """
+    plan = make_plan(load_config(config))
+    per_server = (
+        s.max_connections * (2 * s.read_limit + s.max_write_buffer + PER_CONNECTION_OVERHEAD) for s in plan.servers
+    )
+    return BASE_RSS + sum(per_server)
+
+
+def test_the_pods_memory_limit_holds_the_worst_case() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "supervisor.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    limit = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    worst = worst_case_bytes(REPO / "configs" / "kubernetes.yaml")
+    assert worst < int(limit[:-2]) * 1024 * 1024, f"worst case {worst / 2**20:.0f} MiB over the {limit} limit"
+    assert worst_case_bytes(REPO / "configs" / "prod.yaml") == worst  # the demo has the same bounds

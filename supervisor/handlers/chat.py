@@ -7,7 +7,7 @@ generation, and when the server drains (shutdown or restart) each client is told
       - name: chat
         handler: supervisor.handlers.chat:room
         port: 7777
-        options: {greeting: "welcome to the chat", max_backlog: 65536}
+        options: {greeting: "welcome to the chat", max_backlog: 64KiB}
 
 A member that does not read what the room sends is disconnected once ``max_backlog`` bytes wait for it.
 """
@@ -20,6 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from supervisor.config import parse_size
 from supervisor.handler import Handler, current_server
 
 LOGGER = logging.getLogger("supervisor.chat")
@@ -69,7 +70,7 @@ class Room:
 
 @contextlib.asynccontextmanager
 async def room(options: Mapping[str, Any]) -> AsyncIterator[Handler]:
-    chat = Room(str(options.get("greeting", "welcome to the chat")), int(options.get("max_backlog", MAX_BACKLOG)))
+    chat = Room(str(options.get("greeting", "welcome to the chat")), parse_size(options.get("max_backlog", MAX_BACKLOG)))
     LOGGER.info("chat room open")
     try:
         yield chat.handle
