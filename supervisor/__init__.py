@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from supervisor.config import Config, load_config
-from supervisor.errors import ConfigError, GaveUp, StopServer
+from supervisor.errors import ConfigError, GaveUp, IdleTimeout, StartTimeout, StopServer
 from supervisor.handler import ServerContext, current_server
 from supervisor.plan import Plan, make_plan
 from supervisor.supervisor import Supervisor
@@ -14,8 +14,10 @@ __all__ = [
     "Config",
     "ConfigError",
     "GaveUp",
+    "IdleTimeout",
     "Plan",
     "ServerContext",
+    "StartTimeout",
     "StopServer",
     "Supervisor",
     "__version__",

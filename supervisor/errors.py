@@ -28,3 +28,11 @@ class StopServer(Exception):  # noqa: N818 - it is a request, not an error
 
     A ``permanent`` server is restarted anyway; ``transient`` and ``temporary`` servers stay stopped.
     """
+
+
+class IdleTimeout(TimeoutError):  # noqa: N818 - reads as what happened, like TimeoutError
+    """Raised into a handler's read when its client sent nothing for ``idle_timeout`` in the middle of a message."""
+
+
+class StartTimeout(Exception):  # noqa: N818 - it reads as what happened
+    """A server's lifespan did not finish entering within ``start_timeout``."""

@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager
 
 from supervisor.address import Address
 from supervisor.connections import Connections
-from supervisor.errors import StopServer
+from supervisor.errors import StartTimeout, StopServer
 from supervisor.handler import Handler, ServerContext, open_handler, set_current
 from supervisor.listener import Listener
 from supervisor.plan import ServerPlan
@@ -34,10 +34,6 @@ CANCEL_GRACE = 1.0
 EXIT_GRACE = 1.0
 
 Reason = BaseException | None  # None: stopped on request; StopServer: stopped itself; other: failure
-
-
-class StartTimeout(Exception):  # noqa: N818 - it reads as what happened
-    """The lifespan did not finish entering within ``start_timeout``."""
 
 
 class Generation:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import time
@@ -69,10 +70,14 @@ class LoopGuard:
         finally:
             watcher.cancel()
             asyncio_logger.removeFilter(noise)
-            loop.set_exception_handler(previous)
+            # Not the previous handler yet: asyncio's accept retries, scheduled while descriptors ran out, still
+            # fire once per failed accept after the listener closed; they must stay quiet for the loop's life.
+            loop.set_exception_handler(functools.partial(_after_shutdown, previous))
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
+        if _stale_accept_retry(context):
+            return
         if context.get("message") != _ACCEPT_MESSAGE or not isinstance(exc, OSError):
             loop.default_exception_handler(context)
             return
@@ -100,6 +105,26 @@ class LoopGuard:
                     "event loop blocked for %.2fs: a handler or lifespan ran blocking code on the loop%s",
                     lag, folded(more),
                 )  # fmt: skip
+
+
+def _stale_accept_retry(context: dict[str, Any]) -> bool:
+    """asyncio's one-second accept retry firing for a listening socket closed since (fd -1): nothing to do."""
+    handle = context.get("handle")
+    callback = getattr(handle, "_callback", None)
+    return isinstance(context.get("exception"), ValueError) and getattr(callback, "__name__", "") == "_start_serving"
+
+
+def _after_shutdown(
+    previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None,
+    loop: asyncio.AbstractEventLoop,
+    context: dict[str, Any],
+) -> None:
+    if _stale_accept_retry(context):
+        return
+    if previous is not None:
+        previous(loop, context)
+    else:
+        loop.default_exception_handler(context)
 
 
 class _FoldSendWarnings(logging.Filter):

@@ -13,6 +13,8 @@ import ssl
 from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol, SupportsIndex
 
+from supervisor.errors import IdleTimeout
+
 # Why the supervisor closed a connection, or how a client broke it: the label values of
 # supervisor_client_errors_total, all exported from the first scrape.
 CLIENT_REASONS = ("too_long", "incomplete", "reset", "tls", "idle_timeout", "write_buffer", "other")
@@ -25,10 +27,6 @@ FRESH_WINDOW = 1.0
 # Errors raised inside our own stream objects that are still the handler's mistakes (a wrong argument). Not
 # RuntimeError: uvloop raises it for a write to a transport the client already closed.
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, AssertionError)
-
-
-class IdleTimeout(TimeoutError):  # noqa: N818 - reads as what happened, like TimeoutError
-    """Raised into a handler's read when its client sent nothing for ``idle_timeout`` mid-message."""
 
 
 class DrainState(Protocol):

@@ -70,7 +70,9 @@ class Room:
 
 @contextlib.asynccontextmanager
 async def room(options: Mapping[str, Any]) -> AsyncIterator[Handler]:
-    chat = Room(str(options.get("greeting", "welcome to the chat")), parse_size(options.get("max_backlog", MAX_BACKLOG)))
+    chat = Room(
+        str(options.get("greeting", "welcome to the chat")), parse_size(options.get("max_backlog", MAX_BACKLOG))
+    )
     LOGGER.info("chat room open")
     try:
         yield chat.handle
