@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 
 from supervisor.plan import Plan
 from supervisor.signals import handle_signals
 from supervisor.status import status_table
 from supervisor.supervisor import Supervisor
-
-# A view is started before the servers and closed after the last one stopped (metrics, console).
-View = Callable[[Plan, Supervisor], AbstractAsyncContextManager[object]]
+from supervisor.tree import View
 
 
 async def run_plan(plan: Plan, views: tuple[View, ...] = ()) -> None:

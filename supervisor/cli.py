@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from supervisor import __version__
+from supervisor.commands import ACTIONS, Command
 from supervisor.config import load_config
 from supervisor.errors import ConfigError, GaveUp, SupervisorError
 from supervisor.plan import Plan, make_plan
@@ -50,7 +51,7 @@ def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run one console command against a running supervisor; exit 0, or 1 if it failed",
         description="Run one console command (through the telnet console) and print plain text.",
     )
-    p.add_argument("action", choices=ctl.ACTIONS, help="what to do")
+    p.add_argument("action", choices=ACTIONS, help="what to do")
     p.add_argument("name", nargs="?", help="the server (restart, stop, start)")
     p.add_argument("-c", "--config", help="read console.host and console.port from this config")
     p.add_argument("--host", help=f"console host (default {ctl.DEFAULT_HOST})")
@@ -187,14 +188,12 @@ def run_ctl(args: argparse.Namespace) -> int:
     """``supervisor ctl``: 0 when the command succeeded, 1 when it failed or no console answered, 2 on usage."""
     from supervisor import ctl
 
-    if args.action in ("restart", "stop", "start") and not args.name:
-        print(
-            f"supervisor ctl: '{args.action}' needs a server name, e.g. supervisor ctl {args.action} echo",
-            file=sys.stderr,
-        )
+    command = Command(args.action)
+    if command.needs_name and not args.name:
+        print(f"supervisor ctl: '{command}' needs a server name, e.g. supervisor ctl {command} echo", file=sys.stderr)
         return EXIT_USAGE
-    if args.action in ("status", "shutdown") and args.name:
-        print(f"supervisor ctl: '{args.action}' takes no server name", file=sys.stderr)
+    if not command.needs_name and args.name:
+        print(f"supervisor ctl: '{command}' takes no server name", file=sys.stderr)
         return EXIT_USAGE
     host, port = ctl.DEFAULT_HOST, ctl.DEFAULT_PORT
     if args.config:

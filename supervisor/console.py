@@ -2,8 +2,8 @@
 
 ``status``, ``restart NAME``, ``stop NAME``, ``start NAME``, ``shutdown``, plus aiomonitor's own (``ps``, ``where``,
 ``stacktrace``, ``help``...). aiomonitor runs its telnet server on a thread with its own event loop, so the
-command bodies never touch the tree: they read ``Supervisor.snapshot()`` (immutable) and the plain-int
-``ServerStats``, and they *post* control requests with ``Supervisor.submit()``, which the supervisor's loop runs.
+command bodies never touch the tree: they read it through ``tree.TreeView`` (the immutable snapshot and the
+plain-int counters), and they *post* control requests with ``TreeView.submit()``, which the supervisor's loop runs.
 
 A hidden ``ctl NONCE ACTION [NAME] [--json]`` command answers ``supervisor ctl`` with one framed line,
 ``ctl-result NONCE {"ok": ..., "text": ...}``, so the client needs no screen scraping (see ctl.py).
@@ -22,18 +22,18 @@ import logging
 import threading
 import warnings
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import click
 from aiohttp.web_exceptions import NotAppKeyWarning
 
-from supervisor.errors import ConfigError
+from supervisor.access import check_ports_free, console_ports, is_loopback, port_is_free, remote_console_problem
+from supervisor.commands import NAMED, Command, Result, parse
+from supervisor.control import CONTROL_TIMEOUT
+from supervisor.errors import ConfigError, ViewError
 from supervisor.plan import Plan
-from supervisor.state import ChildState
 from supervisor.status import status_json, status_table
-from supervisor.supervisor import CONTROL_TIMEOUT, Supervisor
-from supervisor.views import ViewError, check_ports_free, is_loopback, port_is_free
+from supervisor.tree import TreeView
 
 with warnings.catch_warnings():
     # aiomonitor 0.7.1 imports click.parser.split_arg_string, deprecated in Click 8.2 (P10); pinned click<9
@@ -47,7 +47,6 @@ START_TIMEOUT = 5.0  # aiomonitor starts in 1-2 ms; past this its UI thread died
 CLOSE_TIMEOUT = 5.0  # it closes in 1-10 ms; past this a session is stuck and the thread is left behind
 CTL_RESULT = "ctl-result"
 PROMPT = "supervisor >>> "
-ACTIONS = ("status", "restart", "stop", "start", "shutdown")
 QUIET_LOGGERS = ("prompt_toolkit.contrib.telnet", "aiomonitor.monitor")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,117 +69,92 @@ def _command(name: str, *, hidden: bool = False, doc: str | None = None) -> Call
 class SupervisorMonitor(aiomonitor.Monitor):  # type: ignore[misc]  # aiomonitor is untyped
     """The monitor, knowing which supervisor its commands act on (several may run in one test process)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, supervisor: Supervisor, **kwargs: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, tree: TreeView, **kwargs: Any) -> None:
         super().__init__(loop, **kwargs)
-        self.supervisor = supervisor
+        self.tree = tree
         self.prompt = PROMPT
 
 
 # -- what the commands do (UI thread) -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    ok: bool
-    text: str
-
-
-async def execute(supervisor: Supervisor, action: str, name: str | None, *, as_json: bool = False) -> Outcome:
+async def execute(tree: TreeView, action: str, name: str | None, *, as_json: bool = False) -> Result:
     """Run one action from the UI thread. Control actions are posted to the supervisor's loop, never done here."""
-    if action == "status":
-        return Outcome(True, status_json(supervisor) if as_json else "\n".join(status_table(supervisor)))
-    if action not in ACTIONS:
-        return Outcome(False, f"unknown action '{action}'; expected one of: {', '.join(ACTIONS)}")
-    if action != "shutdown" and not name:
-        return Outcome(False, f"'{action}' needs a server name")
+    command = parse(action, name)
+    if isinstance(command, Result):
+        return command
+    if command is Command.STATUS:
+        return Result(True, status_json(tree) if as_json else "\n".join(status_table(tree)))
     try:
-        future = supervisor.submit(action, name)
-    except (AssertionError, RuntimeError):  # not started yet, or its loop is gone
-        return Outcome(False, "the supervisor is not running")
+        future = tree.submit(command, name)
+    except RuntimeError:  # not started yet, or its loop is gone
+        return Result(False, "the supervisor is not running")
     try:
-        text = await asyncio.wait_for(asyncio.wrap_future(future), CONTROL_TIMEOUT + 5.0)
-    except ValueError as exc:  # a bad name, or a request during shutdown: the supervisor says why
-        return Outcome(False, str(exc))
+        return await asyncio.wait_for(asyncio.wrap_future(future), CONTROL_TIMEOUT + 5.0)
     except TimeoutError:
-        return Outcome(False, f"{action} {name}: no answer within {CONTROL_TIMEOUT:g}s; see the log")
+        return Result(False, f"{action} {name}: no answer within {CONTROL_TIMEOUT:g}s; see the log")
     except Exception as exc:  # noqa: BLE001 - report whatever went wrong to the operator, keep the session
-        return Outcome(False, f"{action} {name}: {type(exc).__name__}: {exc}")
-    return Outcome(_succeeded(supervisor, action, name), text)
-
-
-def _succeeded(supervisor: Supervisor, action: str, name: str | None) -> bool:
-    if action == "shutdown":
-        return True
-    child = supervisor.snapshot().child(name or "")
-    if child is None:
-        return False
-    if action == "stop":
-        return child.state in (ChildState.STOPPED, ChildState.FAILED)
-    return child.state is ChildState.RUNNING
+        return Result(False, f"{action} {name}: {type(exc).__name__}: {exc}")
 
 
 # -- the commands (registered once on aiomonitor's global click group; ctx.obj is the Monitor) ------------------------
 
 
-def _supervisor(ctx: click.Context) -> Supervisor | None:
-    sup = getattr(ctx.obj, "supervisor", None)
-    return sup if isinstance(sup, Supervisor) else None
+def _tree(ctx: click.Context) -> TreeView | None:
+    return getattr(ctx.obj, "tree", None)
 
 
-def _echo_outcome(outcome: Outcome) -> None:
-    for line in outcome.text.splitlines() or [""]:
-        click.echo(line if outcome.ok else f"error: {line}")
+def _echo(result: Result) -> None:
+    for line in result.text.splitlines() or [""]:
+        click.echo(line if result.ok else f"error: {line}")
 
 
 def _spawn(
-    ctx: click.Context, action: str, name: str | None, show: Callable[[Outcome], None], *, as_json: bool = False
+    ctx: click.Context, action: str, name: str | None, show: Callable[[Result], None], *, as_json: bool = False
 ) -> None:
     """Run ``action`` as a task on the UI loop (like aiomonitor's ``cancel``); it marks the command done."""
     monitor = ctx.obj
-    sup = _supervisor(ctx)
+    tree = _tree(ctx)
 
     @_async_done
     async def run(ctx: click.Context) -> None:
-        if sup is None:
-            show(Outcome(False, "this monitor does not belong to a supervisor"))
+        if tree is None:
+            show(Result(False, "this monitor does not belong to a supervisor"))
             return
-        show(await execute(sup, action, name, as_json=as_json))
+        show(await execute(tree, action, name, as_json=as_json))
 
     monitor._termui_tasks.add(monitor._ui_loop.create_task(run(ctx)))
 
 
-@_command("status")
+@_command(Command.STATUS, doc=Command.STATUS.help)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
 @_help
 @_done
 def _status(ctx: click.Context, as_json: bool) -> None:
-    """Show every server: state, address, uptime, restarts, connections, last error"""
-    sup = _supervisor(ctx)
-    if sup is None:
+    tree = _tree(ctx)
+    if tree is None:
         click.echo("error: this monitor does not belong to a supervisor")
         return
-    for line in [status_json(sup)] if as_json else status_table(sup):
+    for line in [status_json(tree)] if as_json else status_table(tree):
         click.echo(line)
 
 
-def _control_command(action: str, doc: str) -> None:
-    @_command(action, doc=doc)
+def _named_command(command: Command) -> None:
+    @_command(command, doc=command.help)
     @click.argument("name")
     @_help
-    def command(ctx: click.Context, name: str) -> None:
-        _spawn(ctx, action, name, _echo_outcome)
+    def run(ctx: click.Context, name: str) -> None:
+        _spawn(ctx, command, name, _echo)
 
 
-_control_command("restart", "Restart a server (its port stays open; old connections drain)")
-_control_command("stop", "Stop a server and close its port until 'start'")
-_control_command("start", "Start a stopped or failed server")
+for _named in sorted(NAMED):
+    _named_command(_named)
 
 
-@_command("shutdown")
+@_command(Command.SHUTDOWN, doc=Command.SHUTDOWN.help)
 @_help
 def _shutdown(ctx: click.Context) -> None:
-    """Shut the supervisor down in order (like SIGTERM)"""
-    _spawn(ctx, "shutdown", None, _echo_outcome)
+    _spawn(ctx, Command.SHUTDOWN, None, _echo)
 
 
 @_command("ctl", hidden=True)
@@ -192,8 +166,8 @@ def _shutdown(ctx: click.Context) -> None:
 def _ctl(ctx: click.Context, nonce: str, action: str, name: str | None, as_json: bool) -> None:
     """Machine interface for `supervisor ctl`: one framed JSON line per request"""
 
-    def show(outcome: Outcome) -> None:
-        click.echo(f"{CTL_RESULT} {nonce} " + json.dumps({"ok": outcome.ok, "text": outcome.text}))
+    def show(result: Result) -> None:
+        click.echo(f"{CTL_RESULT} {nonce} " + json.dumps({"ok": result.ok, "text": result.text}))
 
     _spawn(ctx, action, name, show, as_json=as_json)
 
@@ -202,23 +176,18 @@ def _ctl(ctx: click.Context, nonce: str, action: str, name: str | None, as_json:
 
 
 @contextlib.asynccontextmanager
-async def console_view(plan: Plan, supervisor: Supervisor) -> AsyncIterator[SupervisorMonitor]:
+async def console_view(plan: Plan, supervisor: TreeView) -> AsyncIterator[SupervisorMonitor]:
     """The view ``app.run_plan`` enters: the console for the supervisor's whole life."""
     spec = plan.console
-    if not is_loopback(spec.host):
-        if not spec.allow_remote:  # the CLI reports this with its line number before anything starts
-            raise ConfigError(
-                [f"{plan.source}: console.host: '{spec.host}' is not loopback; set console.allow_remote: true"]
-            )
+    if (problem := remote_console_problem(spec)) is not None:  # the CLI reports it with its line, before all this
+        raise ConfigError([f"{plan.source}: console.host: {problem}"])
+    if spec.allow_remote and not is_loopback(spec.host):
         LOGGER.warning(
             "console on %s:%d accepts remote connections (console.allow_remote): anyone who can reach it can stop "
             "servers, and its web UI on port %d can cancel tasks; there is no authentication",
             spec.host, spec.port, spec.port + 1,
         )  # fmt: skip
-    ports = [(spec.port, "telnet, console.port"), (spec.port + 1, "web UI, console.port + 1")]
-    if spec.repl:
-        ports.append((spec.port + 2, "Python REPL, console.port + 2"))
-    check_ports_free(spec.host, ports, "console")
+    check_ports_free(spec.host, console_ports(spec), "console")
     loop = asyncio.get_running_loop()
     monitor = SupervisorMonitor(
         loop,

@@ -19,16 +19,15 @@ import secrets
 import shlex
 import socket
 import time
-from dataclasses import dataclass
 from types import TracebackType
 
+from supervisor.commands import Result
 from supervisor.errors import SupervisorError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 20101
 DEFAULT_TIMEOUT = 20.0  # a restart may wait up to the supervisor's CONTROL_TIMEOUT (10 s)
 GOODBYE_TIMEOUT = 2.0
-ACTIONS = ("status", "restart", "stop", "start", "shutdown")
 PROMPT = "supervisor >>> "  # console.PROMPT, repeated so `ctl` does not import aiomonitor
 CTL_RESULT = "ctl-result"
 
@@ -48,10 +47,7 @@ class ConsoleUnavailable(SupervisorError):  # noqa: N818 - reads as the conditio
     """No console answered at the address (not running, console disabled, another service, timed out)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    ok: bool
-    text: str
+Reply = Result  # what one request answered (ok, text)
 
 
 def strip_ansi(text: str) -> str:

@@ -19,6 +19,10 @@ class ConfigError(SupervisorError):
         self.problems = problems
 
 
+class ViewError(SupervisorError):
+    """A view could not start (a port is taken, the console did not come up): exit 1, no server was started."""
+
+
 class GaveUp(SupervisorError):  # noqa: N818 - "gave up" is the event operators grep for
     """Restart intensity exceeded: the supervisor shut down in order and exits 1."""
 

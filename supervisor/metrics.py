@@ -33,17 +33,17 @@ from prometheus_client.registry import Collector
 
 from supervisor import __version__
 from supervisor.address import Address
+from supervisor.errors import ViewError
 from supervisor.loopguard import LAG_WINDOW
 from supervisor.plan import Plan
 from supervisor.state import DURATION_BUCKETS, ChildState, readiness
 from supervisor.streams import CLIENT_REASONS
-from supervisor.supervisor import Supervisor
 from supervisor.throttle import Throttle, folded
-from supervisor.views import ViewError
+from supervisor.tree import TreeView
 
 LOGGER = logging.getLogger("supervisor")
 
-# The reasons the supervisor counts restarts under (Supervisor._ended / _control); exported from the start.
+# The reasons the supervisor counts restarts under (supervisor.py, control.py); exported from the start.
 RESTART_REASONS = ("failure", "exit", "strategy", "manual")
 # The servers' default backlog: with aiohttp's 128, 200 concurrent scrapes waited 1 s for a SYN retry.
 BACKLOG = 1024
@@ -54,7 +54,7 @@ CLOSE_TIMEOUT = 1.0
 class SupervisorCollector(Collector):
     """Reads the tree at scrape time. Runs on the supervisor's loop (the aiohttp handler is a coroutine)."""
 
-    def __init__(self, supervisor: Supervisor, loop_name: str) -> None:
+    def __init__(self, supervisor: TreeView, loop_name: str) -> None:
         self._sup = supervisor
         self._loop_name = loop_name
 
@@ -111,8 +111,7 @@ class SupervisorCollector(Collector):
             labels=labels,
         )
         statuses = {c.name: c for c in snap.children}
-        for child in self._sup.children:
-            name = child.plan.name
+        for name, stats in self._sup.counters().items():
             status = statuses.get(name)
             current = status.state if status else ChildState.STOPPED
             running = current is ChildState.RUNNING
@@ -122,7 +121,6 @@ class SupervisorCollector(Collector):
             started = status.started_at if status else None
             uptime.add_metric([name], max(0.0, now - started) if running and started is not None and now else 0.0)
             generation.add_metric([name], float(status.generation if status else 0))
-            stats = child.stats
             counts = dict(stats.restarts)  # a copy: the loop is ours now, but keep the read in one step
             for reason in (*RESTART_REASONS, *sorted(set(counts) - set(RESTART_REASONS))):
                 restarts.add_metric([name, reason], float(counts.get(reason, 0)))
@@ -171,7 +169,7 @@ def _buckets(counts: list[int]) -> list[tuple[str, float]]:
     return out
 
 
-def make_registry(supervisor: Supervisor, loop_name: str) -> CollectorRegistry:
+def make_registry(supervisor: TreeView, loop_name: str) -> CollectorRegistry:
     """A registry of its own per supervisor (tests run several in one process), with the process collectors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SupervisorCollector(supervisor, loop_name))
@@ -188,7 +186,7 @@ def loop_name(loop: asyncio.AbstractEventLoop) -> str:
 class MetricsServer:
     """The aiohttp endpoint: ``/metrics`` (text or OpenMetrics, by Accept), ``/healthz``, ``/readyz``."""
 
-    def __init__(self, supervisor: Supervisor, host: str, port: int) -> None:
+    def __init__(self, supervisor: TreeView, host: str, port: int) -> None:
         self.supervisor = supervisor
         self.host = host
         self.port = port  # the bound port once started (``port: 0`` picks a free one)
@@ -277,7 +275,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def metrics_view(plan: Plan, supervisor: Supervisor) -> AsyncIterator[MetricsServer]:
+async def metrics_view(plan: Plan, supervisor: TreeView) -> AsyncIterator[MetricsServer]:
     """The view ``app.run_plan`` enters: serve metrics for the supervisor's whole life."""
     server = MetricsServer(supervisor, plan.metrics.host, plan.metrics.port)
     await server.start()

@@ -18,7 +18,7 @@ import socket
 from collections.abc import AsyncIterator, Mapping
 
 from supervisor.plan import Plan
-from supervisor.supervisor import Supervisor
+from supervisor.tree import TreeView
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -53,7 +53,7 @@ def watchdog_interval(env: Mapping[str, str]) -> float | None:
 
 
 @contextlib.asynccontextmanager
-async def notify_view(plan: Plan, supervisor: Supervisor, env: Mapping[str, str] = os.environ) -> AsyncIterator[None]:
+async def notify_view(plan: Plan, supervisor: TreeView, env: Mapping[str, str] = os.environ) -> AsyncIterator[None]:
     address = env.get("NOTIFY_SOCKET")
     if not address:
         yield
@@ -71,7 +71,7 @@ async def notify_view(plan: Plan, supervisor: Supervisor, env: Mapping[str, str]
         notifier.close()
 
 
-async def _lifecycle(notifier: Notifier, supervisor: Supervisor) -> None:
+async def _lifecycle(notifier: Notifier, supervisor: TreeView) -> None:
     try:
         addresses = await asyncio.shield(supervisor.ready)
     except asyncio.CancelledError:

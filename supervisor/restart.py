@@ -1,16 +1,19 @@
 """Pure restart policy: should a stopped server come back, after how long, and when to give up.
 
-Clock and randomness are injected, so the whole schedule is tested without sleeping.
+:func:`decide` is the whole rule for one ended generation; :class:`Backoff` and :class:`Intensity` keep the
+history it needs. Clock and randomness are injected, so the whole schedule is tested without sleeping.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from supervisor.config import BackoffSpec
+from supervisor.plan import ServerPlan
 
 Clock = Callable[[], float]
 
@@ -74,3 +77,39 @@ class Intensity:
     def recent(self) -> int:
         now = self.clock()
         return sum(1 for t in self._times if t > now - self.window)
+
+
+class Next(enum.Enum):
+    RESTART = "restart"  # after Decision.delay
+    STAY_STOPPED = "stay stopped"  # its restart type says so
+    NEVER_STARTED = "never started"  # failed start_retries + 1 starts in a row without ever serving
+    GIVE_UP = "give up"  # the restart intensity was exceeded
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    next: Next
+    delay: float = 0.0
+
+
+def decide(
+    plan: ServerPlan,
+    *,
+    failed: bool,
+    served: bool,
+    start_failures: int,
+    uptime: float,
+    intensity: Intensity,
+    backoff: Backoff,
+) -> Decision:
+    """What happens to a server whose generation ended: ``failed`` (else it stopped itself), ``served`` (it
+    became ready at least once since it was last started by hand), after ``start_failures`` failed starts in a
+    row and ``uptime`` seconds of serving. Records the restart in ``intensity`` and ``backoff`` when there is one.
+    """
+    if failed and not served and start_failures > plan.start_retries:
+        return Decision(Next.NEVER_STARTED)
+    if not should_restart(plan.restart, failed):
+        return Decision(Next.STAY_STOPPED)
+    if not intensity.record():
+        return Decision(Next.GIVE_UP)
+    return Decision(Next.RESTART, backoff.next_delay(uptime))

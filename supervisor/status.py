@@ -10,14 +10,14 @@ import json
 from typing import Any
 
 from supervisor.state import ChildState, TreeSnapshot, readiness
-from supervisor.supervisor import Supervisor
+from supervisor.tree import TreeView
 
 
-def status_rows(supervisor: Supervisor) -> list[dict[str, Any]]:
+def status_rows(supervisor: TreeView) -> list[dict[str, Any]]:
     """One dict per server: the snapshot plus the live counters. Safe on any thread."""
     snap = supervisor.snapshot()
     now = _now(supervisor)
-    stats = {c.plan.name: c.stats for c in supervisor.children}
+    stats = supervisor.counters()
     rows = []
     for c in snap.children:
         s = stats.get(c.name)
@@ -42,7 +42,7 @@ def status_rows(supervisor: Supervisor) -> list[dict[str, Any]]:
     return rows
 
 
-def status_json(supervisor: Supervisor) -> str:
+def status_json(supervisor: TreeView) -> str:
     snap = supervisor.snapshot()
     ready, why = readiness(snap)
     tree = {"ready": ready, "not_ready_because": why or None, "shutting_down": snap.shutting_down}
@@ -52,7 +52,7 @@ def status_json(supervisor: Supervisor) -> str:
 STATUS_HEAD = ("server", "state", "address", "uptime", "restarts", "conns", "last error")
 
 
-def status_table(supervisor: Supervisor) -> list[str]:
+def status_table(supervisor: TreeView) -> list[str]:
     """The ``status`` table: one row per server in start order, space-aligned, ``-`` for empty cells.
 
     Stable for scripts: columns never contain spaces except the last (``last error``), so
@@ -78,7 +78,7 @@ def status_table(supervisor: Supervisor) -> list[str]:
     return lines
 
 
-def _summary(supervisor: Supervisor, snap: TreeSnapshot) -> str:
+def _summary(supervisor: TreeView, snap: TreeSnapshot) -> str:
     running = sum(c.state is ChildState.RUNNING for c in snap.children)
     ready, why = readiness(snap)
     state = "ready" if ready else why if snap.shutting_down else f"not ready ({why})"
@@ -98,7 +98,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def _now(supervisor: Supervisor) -> float | None:
+def _now(supervisor: TreeView) -> float | None:
     # On the UI thread the running loop is aiomonitor's: its time() is the same monotonic clock as the
     # supervisor loop's (asyncio and uvloop both read CLOCK_MONOTONIC), so uptimes computed here are right.
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.views import port_is_free
+from supervisor.access import port_is_free
 
 DEADLINE = 10.0
 PICK_FROM = 21000  # above the demo's fixed ports (8080, 8888, 9100, 20101-20103)

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from supervisor import Supervisor
-from supervisor.app import View
 from supervisor.config import load_config
 from supervisor.plan import Plan, make_plan
 from supervisor.state import ChildState
+from supervisor.tree import View
 
 DEADLINE = 10.0
 

@@ -20,15 +20,16 @@ import aiohttp
 import pytest
 
 from supervisor import cli, console
+from supervisor.access import is_loopback
 from supervisor.console import PROMPT, console_view
 from supervisor.ctl import ConsoleClient, Reply
-from supervisor.errors import ConfigError
+from supervisor.errors import ConfigError, ViewError
 from supervisor.metrics import metrics_view
 from supervisor.plan import Plan
 from supervisor.state import ChildState
 from supervisor.status import format_duration
 from supervisor.supervisor import Supervisor
-from supervisor.views import ViewError, is_loopback, view_problems
+from supervisor.views import view_problems
 from tests.e2e_util import free_port_run, require_tool, write_config
 from tests.helpers import ask, plan_from, port_of, served, wait_state
 from tests.proc import SupervisorProcess
@@ -118,7 +119,7 @@ async def test_stop_start_and_status_json_through_ctl_requests(tmp_path: Path) -
     assert started.ok
     assert started.text.startswith("started beta (127.0.0.1:")
     assert unknown == Reply(False, "no server named 'gamma'; servers: alpha, beta")
-    assert missing == Reply(False, "'stop' needs a server name")
+    assert missing == Reply(False, "'stop' needs a server name, e.g. stop echo")
 
 
 async def test_shutdown_from_the_console(tmp_path: Path) -> None:
@@ -227,7 +228,7 @@ def test_a_remote_console_is_refused_with_its_line(tmp_path: Path) -> None:
 
 async def test_console_view_refuses_a_remote_host_itself(tmp_path: Path) -> None:
     plan = _plan(tmp_path, 20101, ", host: 0.0.0.0")
-    with pytest.raises(ConfigError, match=r"console\.host: '0\.0\.0\.0' is not loopback"):
+    with pytest.raises(ConfigError, match=r"console\.host: '0\.0\.0\.0' is not a loopback address"):
         async with console_view(plan, Supervisor(plan)):
             pass
 

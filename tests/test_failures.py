@@ -154,7 +154,7 @@ async def test_a_lifespan_that_fails_on_exit_is_logged_and_the_next_generation_s
         """,
     )
     async with running(plan) as sup:
-        assert (await sup.control("restart", "x")).startswith("restarted x")
+        assert (await sup.control("restart", "x")).text.startswith("restarted x")
         assert await ask(port_of(sup, "x"), b"who") == b"x#2\n"
         assert await ask(port_of(sup, "neighbour"), b"who") == b"neighbour#1\n"
         x = sup.snapshot().child("x")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.commands import Result
 from supervisor.state import ChildState
 from tests import apps
 from tests.e2e_util import require_tool
@@ -111,7 +112,7 @@ async def test_ipv6_loopback(tmp_path: Path) -> None:
         assert (address.host, str(address)) == ("::1", f"[::1]:{address.port}")
         port = address.port
         assert await ask(port, b"who", host="::1") == b"six#1\n"
-        assert await sup.control("restart", "six") == f"restarted six ([::1]:{port})"
+        assert await sup.control("restart", "six") == Result(True, f"restarted six ([::1]:{port})")
         assert await ask(port, b"who", host="::1") == b"six#2\n"
         with pytest.raises(ConnectionRefusedError):  # bound to ::1 only, not to IPv4 loopback
             await ask(port, b"who")

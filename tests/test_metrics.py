@@ -17,11 +17,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor.console import console_view
+from supervisor.errors import ViewError
 from supervisor.metrics import MetricsServer, metrics_view
 from supervisor.plan import Plan
 from supervisor.state import ChildState
 from supervisor.supervisor import Supervisor
-from supervisor.views import ViewError, enabled_views
+from supervisor.views import enabled_views
 from tests.e2e_util import free_port, free_port_run, require_tool, write_config
 from tests.helpers import DEADLINE, ask, eventually, plan_from, port_of, served, wait_state
 from tests.proc import SupervisorProcess
@@ -108,7 +109,7 @@ async def test_connections_errors_and_restarts_show_up(tmp_path: Path) -> None:
         writer.write(b"who\n")
         await reader.readline()
         before = await _samples(server)
-        assert (await sup.control("restart", "alpha")).startswith("restarted alpha")
+        assert (await sup.control("restart", "alpha")).text.startswith("restarted alpha")
         assert await reader.read() == b""  # the old generation drained the idle connection
         writer.close()
         s = await _samples(server)

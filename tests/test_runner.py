@@ -10,6 +10,7 @@ from typing import cast
 import pytest
 
 from supervisor import Supervisor
+from supervisor.commands import Result
 from supervisor.state import ChildState
 from supervisor.streams import FRESH_WINDOW, DrainState, Reader
 from tests import apps
@@ -122,7 +123,7 @@ async def test_a_slow_start_holds_up_nobody_else(tmp_path: Path) -> None:
         assert sup.snapshot().child("slow").state is ChildState.STARTING  # type: ignore[union-attr]
         await ask(port_of(sup, "s"), b"crash")
         await wait_state(sup, "s", ChildState.RUNNING, generation=2)  # restarted while slow still starts
-        assert await sup.control("stop", "s") == "stopped s"  # control answers too
+        assert await sup.control("stop", "s") == Result(True, "stopped s")  # control answers too
         assert not sup.ready.done()
         apps.GATES["slow"].set()
         async with asyncio.timeout(DEADLINE):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import GaveUp, Supervisor
+from supervisor.commands import Result
 from supervisor.state import ChildState
 from tests import apps
 from tests.helpers import DEADLINE, ask, assert_not_served, plan_from, port_of, running, wait_state
@@ -242,14 +243,13 @@ async def test_control_restart_stop_start(tmp_path: Path) -> None:
     plan = plan_from(tmp_path, three("one_for_one"))
     async with running(plan) as sup:
         port = port_of(sup, "a")
-        assert (await sup.control("restart", "a")).startswith("restarted a (127.0.0.1:")
+        assert (await sup.control("restart", "a")).text.startswith("restarted a (127.0.0.1:")
         assert await ask(port, b"who") == b"a#2\n"
-        assert await sup.control("stop", "a") == "stopped a"
+        assert await sup.control("stop", "a") == Result(True, "stopped a")
         await assert_not_served(port)
-        assert (await sup.control("start", "a")).startswith("started a")
+        assert (await sup.control("start", "a")).text.startswith("started a")
         assert await ask(port_of(sup, "a"), b"who") == b"a#3\n"
-        with pytest.raises(ValueError, match="no server named 'zz'; servers: a, b, c"):
-            await sup.control("restart", "zz")
+        assert await sup.control("restart", "zz") == Result(False, "no server named 'zz'; servers: a, b, c")
         assert sup.children[0].stats.restarts["manual"] == 1
 
 

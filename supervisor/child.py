@@ -1,0 +1,79 @@
+"""The coordinator's record of one configured server: it outlives its generations and only the coordinator
+writes it. Views never see it: they get :class:`~supervisor.state.ChildStatus` snapshots."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from supervisor.address import Address
+from supervisor.generation import Generation, Reason
+from supervisor.listener import Listener
+from supervisor.plan import ServerPlan
+from supervisor.restart import Backoff
+from supervisor.state import ChildState, ChildStatus, ServerStats
+
+LOGGER = logging.getLogger("supervisor")
+
+
+@dataclass(eq=False, slots=True)
+class Child:
+    plan: ServerPlan
+    backoff: Backoff
+    stats: ServerStats = field(default_factory=ServerStats)
+    state: ChildState = ChildState.STOPPED
+    wanted: bool = True  # False once stopped on purpose, or given up on
+    listener: Listener | None = None  # the kept listening socket, bound once
+    gen: Generation | Pending | None = None  # the generation starting or accepting now
+    live: set[Generation] = field(default_factory=set)  # every generation whose task still runs
+    generation: int = 0
+    not_before: float = 0.0  # loop time before which a restart must not start
+    started_at: float | None = None
+    address: str = ""
+    restarts: int = 0
+    last_error: str = ""
+    served: bool = False  # a generation has become ready since the server was (re)started by hand
+    start_failures: int = 0  # failed starts in a row before it ever served
+    # Log lines of a failure whose restart is immediate: written once the next generation serves,
+    # since formatting and writing them costs more than the whole restart.
+    held: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    def hold(self, level: int, msg: str, *args: object, exc_info: BaseException | None = None) -> None:
+        self.held.append(functools.partial(LOGGER.log, level, msg, *args, exc_info=exc_info))
+
+    def flush(self) -> None:
+        held, self.held = self.held, []
+        for write in held:
+            write()
+
+    def status(self) -> ChildStatus:
+        return ChildStatus(
+            name=self.name,
+            state=self.state,
+            address=self.address or str(Address(self.plan.host, self.plan.port)),
+            restart=self.plan.restart,
+            started_at=self.started_at,
+            generation=self.generation,
+            restarts=self.restarts,
+            last_error=self.last_error,
+            wanted=self.wanted,
+        )
+
+
+class Pending:
+    """Stands in for a generation whose socket could not be bound, until its failure is handled."""
+
+    def stop(self, reason: Reason = None) -> None:
+        pass
+
+    def start_drain(self, budget: float, *, restart: bool = False) -> None:
+        pass
+
+
+PENDING = Pending()

@@ -1,0 +1,113 @@
+"""Control requests from the console and ``supervisor ctl``: check them, hand them to the coordinator's loop,
+wait for the outcome; and what each command does to a server, applied by the coordinator itself (it is the
+only writer of the tree: :func:`apply` runs on its loop, from its event queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from supervisor.child import Child
+from supervisor.commands import Command, Result
+from supervisor.state import ChildState, TreeSnapshot
+
+LOGGER = logging.getLogger("supervisor")
+
+# How long a control command waits for the server to be running (or stopped) again.
+CONTROL_TIMEOUT = 10.0
+
+
+class Coordinator(Protocol):
+    """The coordinator's seams that control uses."""
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    @property
+    def names(self) -> list[str]: ...
+
+    def child(self, name: str) -> Child | None: ...
+
+    def request_stop(self, reason: str) -> None: ...
+
+    def post_control(self, command: Command, child: Child) -> asyncio.Future[None]: ...
+
+    async def changed(self) -> TreeSnapshot: ...
+
+    def stop_generation(self, child: Child) -> None: ...
+
+    def release(self, child: Child) -> None: ...
+
+    def set_state(self, child: Child, state: ChildState) -> None: ...
+
+
+async def request(tree: Coordinator, command: Command, name: str | None) -> Result:
+    """Run one command on the coordinator's loop and report what came of it."""
+    if command is Command.SHUTDOWN:
+        tree.request_stop("control: shutdown")
+        return Result(True, "shutting down")
+    if command is Command.STATUS:
+        return Result(False, "status is answered by the console itself, from the snapshot")
+    child = tree.child(name or "")
+    if child is None:
+        return Result(False, f"no server named '{name}'; servers: {', '.join(tree.names)}")
+    if tree.shutting_down:
+        return Result(False, "the supervisor is shutting down")
+    if command is Command.START and child.wanted and child.state is not ChildState.FAILED:
+        return Result(True, f"{name} is already {child.state.value}")
+    before = child.generation
+    try:
+        async with asyncio.timeout(CONTROL_TIMEOUT):
+            await tree.post_control(command, child)
+    except TimeoutError:
+        return Result(False, f"{name}: no answer within {CONTROL_TIMEOUT:g}s (the supervisor may be shutting down)")
+    if command is Command.STOP:
+        await _until(tree, lambda: child.state in (ChildState.STOPPED, ChildState.FAILED))
+        return Result(True, f"stopped {name}")
+    await _until(
+        tree,
+        lambda: (
+            (child.state is ChildState.RUNNING and child.generation > before)
+            or child.state in (ChildState.FAILED, ChildState.BACKOFF, ChildState.STOPPED)
+        ),
+    )
+    if child.state is ChildState.RUNNING:
+        return Result(True, f"{'started' if command is Command.START else 'restarted'} {name} ({child.address})")
+    return Result(False, f"{name} did not come up: {child.state.value}: {child.last_error}")
+
+
+async def _until(tree: Coordinator, condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(CONTROL_TIMEOUT):
+        while not condition():
+            await tree.changed()
+
+
+def apply(tree: Coordinator, command: Command, child: Child) -> None:
+    """What ``command`` does to ``child`` (on the coordinator's loop; its next reconcile starts what is due)."""
+    if tree.shutting_down:
+        return
+    if command is Command.STOP:
+        child.wanted = False
+        if child.gen is not None:
+            tree.stop_generation(child)
+        tree.release(child)
+        tree.set_state(child, ChildState.STOPPED)
+        LOGGER.info("server %s stopped by control request", child.name)
+        return
+    if command is Command.RESTART:
+        if child.gen is not None:
+            tree.stop_generation(child)
+        child.stats.restarts["manual"] += 1
+        child.restarts += 1
+    child.wanted = True
+    child.not_before = 0.0
+    if child.state is ChildState.FAILED:  # a server given up on gets its whole start budget again
+        child.backoff.failures = 0
+        child.start_failures = 0
+        child.served = False
+    tree.set_state(child, ChildState.STARTING if child.gen is None else child.state)
+    LOGGER.info(
+        "server %s %s by control request", child.name, "restarting" if command is Command.RESTART else "starting"
+    )
