@@ -12,7 +12,7 @@ import asyncio
 import logging
 import socket
 from asyncio.selector_events import BaseSelectorEventLoop
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from supervisor.address import Address
 from supervisor.plan import ServerPlan
@@ -20,10 +20,13 @@ from supervisor.state import ServerStats
 from supervisor.streams import Reader
 from supervisor.throttle import Throttle, folded
 
-if TYPE_CHECKING:
-    from supervisor.generation import Generation
-
 LOGGER = logging.getLogger("supervisor")
+
+
+class Generation(Protocol):
+    """What the listener needs of the generation it hands connections to (generation.Generation)."""
+
+    async def serve(self, reader: Reader, writer: asyncio.StreamWriter) -> None: ...
 
 
 class Listener:

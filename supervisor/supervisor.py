@@ -3,10 +3,10 @@ control requests, and publishes an immutable snapshot after every change.
 
 ``Supervisor.serve()`` has three phases: startup (servers in dependency order, each waiting for the ones it
 comes ``after``), wait (react to events: generations that end or become ready, backoff timers, control
-requests), and the ordered shutdown (shutdown.py). What happens after a generation ends is restart.decide();
-what a control command does is control.apply(). Every generation runs as a task of one ``asyncio.TaskGroup``,
-but the TaskGroup is not the supervisor: a generation never lets an exception escape, it reports through
-``on_end``. Views read only the snapshot and the counters, through tree.TreeView.
+requests), and the ordered shutdown (shutdown.py). What happens after a generation ends is outcomes.py
+(which asks restart.decide()); what a control command does is control.apply(). Every generation runs as a
+task of one ``asyncio.TaskGroup``, but the TaskGroup is not the supervisor: a generation never lets an
+exception escape, it reports through ``on_end``. Views read only the snapshot and the counters, through tree.TreeView.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from supervisor import control
 from supervisor.address import Address
 from supervisor.child import PENDING, Child
 from supervisor.commands import Command, Result
-from supervisor.errors import GaveUp, StopServer
-from supervisor.generation import Generation, Reason, describe, traceback_of
+from supervisor.errors import GaveUp
+from supervisor.generation import Generation, Reason
 from supervisor.listener import Listener
 from supervisor.loopguard import LoopGuard
+from supervisor.outcomes import Outcomes
 from supervisor.plan import Plan
-from supervisor.restart import Backoff, Intensity, Next, decide
+from supervisor.restart import Backoff, Intensity
 from supervisor.shutdown import OrderedShutdown
 from supervisor.state import ChildState, ServerStats, TreeSnapshot
 
@@ -78,7 +79,9 @@ class Supervisor:
         self._shutting_down = False
         self._gave_up: str | None = None
         self._wake_at: float | None = None  # the earliest pending backoff wake-up
-        self._intensity = Intensity(plan.supervisor.max_restarts, plan.supervisor.restart_window, self.now)
+        self._outcomes = Outcomes(
+            self, Intensity(plan.supervisor.max_restarts, plan.supervisor.restart_window, self.now)
+        )
         self.stop_reason = ""
         # The readiness handshake: resolves with every bound address once all servers serve.
         self.ready: asyncio.Future[list[Address]] = loop.create_future()
@@ -109,6 +112,11 @@ class Supervisor:
         return asyncio.run_coroutine_threadsafe(self.control(command, name), self._loop)
 
     # -- control ---------------------------------------------------------------------------------------------------
+
+    def give_up(self, why: str) -> None:
+        """Shut down in order and make serve() raise GaveUp(why)."""
+        self._gave_up = why
+        self.request_stop("gave up")
 
     def request_stop(self, reason: str) -> None:
         """Begin the ordered shutdown; a second request cuts every wait (force)."""
@@ -193,7 +201,8 @@ class Supervisor:
                 self._publish()
             event = await self._events.get()
             if isinstance(event, _Ended):
-                self._ended(event.child, event.gen, event.reason)
+                if not self._shutting_down:  # the shutdown drains every live generation itself, in order
+                    self._outcomes.ended(event.child, event.gen, event.reason)
             elif isinstance(event, _Ready):
                 self._ready(event.child, event.gen)
             elif isinstance(event, _Control):
@@ -271,95 +280,6 @@ class Supervisor:
 
     def _on_end(self, gen: Generation, reason: Reason) -> None:
         self._post(_Ended(self._by_name[gen.plan.name], gen, reason))
-
-    def _ended(self, child: Child, gen: Generation | None, reason: Reason) -> None:
-        if self._shutting_down:
-            return  # the shutdown drains every live generation itself, in order
-        if gen is not None:
-            # a restart never waits for the old connections: they drain beside the new generation
-            gen.start_drain(child.plan.shutdown_timeout, restart=True)
-        if child.gen is not (gen or PENDING):
-            # stopped on purpose (group restart, console) before it ended by itself
-            if reason is not None and not isinstance(reason, StopServer | asyncio.CancelledError):
-                child.last_error = describe(reason)
-                LOGGER.error("server %s failed while already restarting: %s", child.name, child.last_error)
-            return
-        child.gen = None
-        child.started_at, uptime = None, (self.now() - child.started_at if child.started_at else 0.0)
-        failed = not isinstance(reason, StopServer)
-        if failed:
-            child.last_error = describe(reason)
-            child.hold(logging.ERROR, "server %s failed: %s", child.name, child.last_error)
-            if (exc := traceback_of(reason)) is not None:
-                child.hold(logging.ERROR, "server %s: traceback of the failure: %r", child.name, exc, exc_info=exc)
-            if not child.served:
-                child.start_failures += 1
-        else:
-            child.hold(logging.INFO, "server %s stopped itself", child.name)
-        decision = decide(
-            child.plan, failed=failed, served=child.served, start_failures=child.start_failures, uptime=uptime,
-            intensity=self._intensity, backoff=child.backoff,
-        )  # fmt: skip
-        if decision.next is Next.RESTART:
-            self._restart(child, decision.delay, failed)
-            return
-        child.flush()
-        if decision.next is Next.STAY_STOPPED:
-            child.wanted = False
-            self.release(child)
-            self.set_state(child, ChildState.FAILED if failed else ChildState.STOPPED)
-            LOGGER.warning("server %s (%s) will not be restarted", child.name, child.plan.restart)
-            return
-        sup = self.plan.supervisor
-        if decision.next is Next.GIVE_UP:
-            why = f"more than {sup.max_restarts} restarts within {sup.restart_window:g}s (last: server {child.name}: "
-            self._give_up(child, f"{why}{child.last_error})")
-            return
-        child.wanted = False  # Next.NEVER_STARTED: supervisord's FATAL, not retried forever
-        self.release(child)
-        what = f"server {child.name} never started: {child.start_failures} failed start(s) (start_retries: "
-        what += f"{child.plan.start_retries}), last: {child.last_error}"
-        if child.plan.restart == "permanent":
-            self._give_up(child, what)
-        else:
-            self.set_state(child, ChildState.FAILED)
-            LOGGER.error("%s; it stays stopped", what)
-
-    def _give_up(self, child: Child, why: str) -> None:
-        self._gave_up = f"giving up: {why}"
-        LOGGER.critical("%s", self._gave_up)
-        self.set_state(child, ChildState.FAILED)
-        self.request_stop("gave up")
-
-    def _restart(self, child: Child, delay: float, failed: bool) -> None:
-        siblings = self._affected(child)
-        for sib in reversed(siblings):  # reverse start order, like a shutdown
-            if sib.gen is not None:
-                self.stop_generation(sib)
-            sib.stats.restarts["strategy"] += 1
-            sib.restarts += 1
-        child.stats.restarts["failure" if failed else "exit"] += 1
-        child.restarts += 1
-        due = self.now() + delay
-        for c in (child, *siblings):
-            c.not_before = due
-            self.set_state(c, ChildState.BACKOFF)
-        also = f" with {', '.join(s.name for s in siblings)}" if siblings else ""
-        child.hold(
-            logging.WARNING,
-            "server %s restarting in %.3fs%s (%d recent restarts)", child.name, delay, also, self._intensity.recent,
-        )  # fmt: skip
-        if delay > 0:
-            child.flush()
-
-    def _affected(self, child: Child) -> list[Child]:
-        """Siblings restarted with ``child`` under the strategy, in start order."""
-        strategy = self.plan.supervisor.strategy
-        if strategy == "one_for_all":
-            return [c for c in self.children if c is not child and c.wanted]
-        if strategy == "rest_for_one":
-            return [c for c in self.children if c.plan.rank > child.plan.rank and c.wanted]
-        return []
 
     # -- publishing ------------------------------------------------------------------------------------------------
 
