@@ -3,6 +3,7 @@ writes it. Views never see it: they get :class:`~supervisor.state.ChildStatus` s
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Callable
@@ -26,6 +27,7 @@ class Child:
     state: ChildState = ChildState.STOPPED
     wanted: bool = True  # False once stopped on purpose, or given up on
     listener: Listener | None = None  # the kept listening socket, bound once
+    closing: asyncio.Future[None] | None = None  # done once the last released listener's socket is closed
     gen: Generation | Pending | None = None  # the generation starting or accepting now
     live: set[Generation] = field(default_factory=set)  # every generation whose task still runs
     generation: int = 0

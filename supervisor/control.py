@@ -63,16 +63,21 @@ async def request(tree: Coordinator, command: Command, name: str | None) -> Resu
             await tree.post_control(command, child)
     except TimeoutError:
         return Result(False, f"{name}: no answer within {CONTROL_TIMEOUT:g}s (the supervisor may be shutting down)")
-    if command is Command.STOP:
-        await _until(tree, lambda: child.state in (ChildState.STOPPED, ChildState.FAILED))
-        return Result(True, f"stopped {name}")
-    await _until(
-        tree,
-        lambda: (
-            (child.state is ChildState.RUNNING and child.generation > before)
-            or child.state in (ChildState.FAILED, ChildState.BACKOFF, ChildState.STOPPED)
-        ),
-    )
+    try:
+        if command is Command.STOP:
+            await _until(tree, lambda: child.state in (ChildState.STOPPED, ChildState.FAILED))
+            if child.closing is not None:  # the port is free once this returns: a script may bind it next
+                await asyncio.wait_for(asyncio.shield(child.closing), CONTROL_TIMEOUT)
+            return Result(True, f"stopped {name}")
+        await _until(
+            tree,
+            lambda: (
+                (child.state is ChildState.RUNNING and child.generation > before)
+                or child.state in (ChildState.FAILED, ChildState.BACKOFF, ChildState.STOPPED)
+            ),
+        )
+    except TimeoutError:  # applied, but not done yet (a start waiting for its `after` servers, a slow lifespan)
+        return Result(False, f"{name}: still {child.state.value} after {CONTROL_TIMEOUT:g}s; see status and the log")
     if child.state is ChildState.RUNNING:
         return Result(True, f"{'started' if command is Command.START else 'restarted'} {name} ({child.address})")
     return Result(False, f"{name} did not come up: {child.state.value}: {child.last_error}")
@@ -103,10 +108,10 @@ def apply(tree: Coordinator, command: Command, child: Child) -> None:
         child.restarts += 1
     child.wanted = True
     child.not_before = 0.0
-    if child.state is ChildState.FAILED:  # a server given up on gets its whole start budget again
+    child.served = False  # started by hand: start_retries counts afresh
+    child.start_failures = 0
+    if child.state is ChildState.FAILED:  # a server given up on starts from the initial backoff again
         child.backoff.failures = 0
-        child.start_failures = 0
-        child.served = False
     tree.set_state(child, ChildState.STARTING if child.gen is None else child.state)
     LOGGER.info(
         "server %s %s by control request", child.name, "restarting" if command is Command.RESTART else "starting"

@@ -12,8 +12,9 @@ drives it through :meth:`stop` and :meth:`start_drain`; the generation reports b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
 from supervisor.address import Address
@@ -133,6 +134,8 @@ class Generation:
                 raise
         finally:
             self._force.remove_done_callback(self._forced)
+            if not self.ready.done():
+                self.ready.cancel()  # stopped in the instant its lifespan finished entering
             self._listener.detach(self)
             self.ctx.draining.set()
             self.conns.cancel_all()
@@ -183,14 +186,20 @@ class Generation:
                 raise
             LOGGER.warning("server %s: the lifespan did not exit within %.1fs; cancelled it", self.name, budget)
             if exc is not None:
-                raise exc from None
+                raise exc from exc.__cause__
             return False
 
-    def _bounded(self, seconds: float) -> asyncio.Timeout:
+    @contextlib.asynccontextmanager
+    async def _bounded(self, seconds: float) -> AsyncIterator[asyncio.Timeout]:
+        """A phase cut at ``seconds``, by a stop while entering, or by force; it is the current one only inside."""
         loop = asyncio.get_running_loop()
         due = loop.time() if self._force.done() else loop.time() + seconds
         self._phase = asyncio.timeout_at(due)
-        return self._phase
+        try:
+            async with self._phase as phase:
+                yield phase
+        finally:
+            self._phase = None
 
     def _end(self, reason: Reason) -> None:
         if not self._ended:
@@ -204,7 +213,7 @@ class Generation:
             # accepted in the instant this generation stopped: the next one serves it
             await self._listener.dispatch(reader, writer)
             return
-        if not self._listener.admit(writer):
+        if not reader.admitted and not self._listener.admit(writer):
             return
         task = asyncio.current_task()
         assert task is not None
@@ -253,6 +262,8 @@ class Generation:
                 writer.close()
 
     def _handler_failed(self, exc: Exception, reader: Reader, writer: asyncio.StreamWriter) -> None:
+        if reader.drained and isinstance(exc, asyncio.IncompleteReadError):
+            return  # the end-of-stream our drain gave a handler waiting between messages: nobody's fault
         if (reason := client_fault(exc, reader, writer)) is not None:
             # what a client sends, or how it leaves, is never the server's failure: close, count, one line at most
             if not reader.ended_by:
@@ -276,14 +287,16 @@ class Generation:
         conns = self.conns
         conns.end_idle()
         recheck = loop.call_later(FRESH_WINDOW, conns.end_idle) if self.spare_fresh else None
-        if conns and not self._force.done():
-            empty = asyncio.ensure_future(conns.empty.wait())
-            try:
-                await asyncio.wait((empty, self._force), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                empty.cancel()
-        if recheck is not None:
-            recheck.cancel()
+        try:
+            if conns and not self._force.done():
+                empty = asyncio.ensure_future(conns.empty.wait())
+                try:
+                    await asyncio.wait((empty, self._force), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    empty.cancel()
+        finally:
+            if recheck is not None:
+                recheck.cancel()
         if conns:
             why = "skipped (second stop request)" if self._force.done() else f"budget {budget:.1f}s used up"
             LOGGER.warning(

@@ -40,6 +40,7 @@ class Listener:
         self._next: asyncio.Future[Generation | None] | None = None
         self._server: asyncio.Server | None = None
         self._closed = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # the socket is closed
         self._limit = plan.max_connections or 1 << 62
         self.throttle = Throttle()  # this server's log lines that clients can trigger at will
 
@@ -94,6 +95,7 @@ class Listener:
         server = self._server
         if server is None:
             self.sock.close()
+            self.closed.set_result(None)
             return
         loop = server.get_loop()
         if isinstance(loop, BaseSelectorEventLoop):
@@ -108,6 +110,8 @@ class Listener:
         assert self._server is not None
         self._server.close()
         self.sock.close()
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     async def wait_closed(self, timeout: float) -> None:
         if self._server is not None:
@@ -156,6 +160,7 @@ class Listener:
                 gen = await asyncio.shield(self._next)
             finally:
                 self.stats.parked -= 1
+            reader.admitted = True  # it has waited its turn: the next generation must not turn it away
             if gen is None:
                 writer.transport.abort()
                 return

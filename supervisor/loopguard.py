@@ -33,24 +33,33 @@ LOGGER = logging.getLogger("supervisor")
 LAG_INTERVAL = 0.25  # seconds between two lag measurements
 LAG_WINDOW = 30.0  # the lag gauge and /healthz look at the worst lag this far back
 LAG_WARNING = 0.5  # a lag over this is logged (at most once per throttle interval)
+LAG_FLOOR = 0.01  # measurements below this are noise, not kept
+ACCEPT_EPISODE = 0.5  # accept failures of one listener this close together count once (one per backlog slot)
 _ACCEPT_MESSAGE = "socket.accept() out of system resource"
 _SEND_MESSAGE = "socket.send() raised exception."
 
 
 class LoopGuard:
+    _previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
+
     def __init__(self, servers: Callable[[int], tuple[str, ServerStats] | None], max_lag: float) -> None:
         self._servers = servers  # listening fd -> (server name, its stats), None for sockets not ours
         self.max_lag = max_lag
         self._throttle = Throttle()
-        self._lags: deque[tuple[float, float]] = deque()  # (when, lag) over LAG_WARNING / 10, within LAG_WINDOW
+        # (when, lag) of the measurements over LAG_FLOOR, within LAG_WINDOW: at most one per LAG_INTERVAL
+        self._lags: deque[tuple[float, float]] = deque(maxlen=int(LAG_WINDOW / LAG_INTERVAL) + 1)
+        self._counted_at: dict[int, float] = {}  # listening fd -> when its last accept failure was counted
 
     # -- the worst recent lag, read by metrics and /healthz (on the loop) ---------------------------------------------
 
     def worst_lag(self) -> float:
+        self._prune()
+        return max((lag for _, lag in self._lags), default=0.0)
+
+    def _prune(self) -> None:
         cutoff = time.monotonic() - LAG_WINDOW
         while self._lags and self._lags[0][0] < cutoff:
             self._lags.popleft()
-        return max((lag for _, lag in self._lags), default=0.0)
 
     def blocked(self) -> bool:
         return self.worst_lag() > self.max_lag
@@ -59,7 +68,7 @@ class LoopGuard:
 
     @contextlib.contextmanager
     def installed(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
-        previous = loop.get_exception_handler()
+        previous = self._previous = loop.get_exception_handler()
         loop.set_exception_handler(self._on_loop_error)
         noise = _FoldSendWarnings(self._throttle)
         asyncio_logger = logging.getLogger("asyncio")
@@ -79,12 +88,16 @@ class LoopGuard:
         if _stale_accept_retry(context):
             return
         if context.get("message") != _ACCEPT_MESSAGE or not isinstance(exc, OSError):
-            loop.default_exception_handler(context)
+            _pass_on(self._previous, loop, context)
             return
         sock = context.get("socket")
-        found = self._servers(sock.fileno()) if sock is not None else None
+        fd = sock.fileno() if sock is not None else -1
+        found = self._servers(fd)
         name = found[0] if found else "metrics/console"
-        if found:
+        # asyncio reports one failure per backlog slot in the same instant: count the episode, not the slots
+        now = time.monotonic()
+        if found and now - self._counted_at.get(fd, -ACCEPT_EPISODE) >= ACCEPT_EPISODE:
+            self._counted_at[fd] = now
             found[1].accept_errors += 1
         if (more := self._throttle(("accept", name, exc.errno))) is not None:
             LOGGER.error(
@@ -98,8 +111,9 @@ class LoopGuard:
             started = time.monotonic()
             await asyncio.sleep(LAG_INTERVAL)
             lag = time.monotonic() - started - LAG_INTERVAL
-            if lag > LAG_WARNING / 10:
+            if lag > LAG_FLOOR:
                 self._lags.append((time.monotonic(), lag))
+            self._prune()
             if lag > LAG_WARNING and (more := self._throttle("lag")) is not None:
                 LOGGER.warning(
                     "event loop blocked for %.2fs: a handler or lifespan ran blocking code on the loop%s",
@@ -119,10 +133,17 @@ def _after_shutdown(
     loop: asyncio.AbstractEventLoop,
     context: dict[str, Any],
 ) -> None:
-    if _stale_accept_retry(context):
-        return
-    if previous is not None:
-        previous(loop, context)
+    if not _stale_accept_retry(context):
+        _pass_on(previous, loop, context)
+
+
+def _pass_on(
+    handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None,
+    loop: asyncio.AbstractEventLoop,
+    context: dict[str, Any],
+) -> None:
+    if handler is not None:
+        handler(loop, context)
     else:
         loop.default_exception_handler(context)
 

@@ -107,7 +107,8 @@ class SupervisorCollector(Collector):
         )
         accept_errors = CounterMetricFamily(
             "supervisor_accept_errors",
-            "accept() failures for lack of resources (EMFILE: too many open files, ENFILE, ENOBUFS, ENOMEM)",
+            "Episodes of accept() failing for lack of resources (EMFILE: too many open files, ENFILE, ENOBUFS, "
+            "ENOMEM); at most one is counted per 0.5 s",
             labels=labels,
         )
         statuses = {c.name: c for c in snap.children}

@@ -132,3 +132,15 @@ class Outcomes:
         if strategy == "rest_for_one":
             return [c for c in self._tree.children if c.plan.rank > child.plan.rank and c.wanted]
         return []
+
+    def orphaned(self, child: Child, dependency: Child) -> None:
+        """``child`` comes ``after`` a server that failed and will not be restarted: it can never start."""
+        child.last_error = f"waiting for {dependency.name}, which failed and will not be restarted"
+        why = f"server {child.name} cannot start: it comes after {dependency.name}, which failed for good"
+        child.wanted = False
+        self._tree.release(child)
+        if child.plan.restart == "permanent":
+            self._give_up(child, why)
+        else:
+            self._tree.set_state(child, ChildState.FAILED)
+            LOGGER.error("%s; it stays stopped", why)

@@ -24,6 +24,7 @@ _BOUNDARY_READS = frozenset({"readuntil", "read"})
 # At a restart, a connection accepted less than this long ago that has not sent a byte yet is given to
 # the old generation to serve: its first request is on the way. Older silent ones are between messages.
 FRESH_WINDOW = 1.0
+HIGH_WATER = 64 * 1024  # asyncio's and uvloop's default high-water mark of a transport's write buffer
 # Errors raised inside our own stream objects that are still the handler's mistakes (a wrong argument). Not
 # RuntimeError: uvloop raises it for a write to a transport the client already closed.
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, AssertionError)
@@ -54,6 +55,8 @@ class Reader(asyncio.StreamReader):
         self.owner: DrainState | None = None  # the generation serving this connection
         self.accepted_at = 0.0  # loop time
         self.ended_by = ""  # a CLIENT_REASONS value once the supervisor ended the connection itself
+        self.drained = False  # the drain ended the read: the end-of-stream is ours, not the client's
+        self.admitted = False  # counted against max_connections already (parked through a restart)
         self._reading = ""  # the last read that had to wait for data
         self._fresh = True  # no byte received yet
         self._idle_timeout = 0.0
@@ -79,7 +82,10 @@ class Reader(asyncio.StreamReader):
         # Not a coroutine: every read that waits passes here, so hand back the base class's own
         # awaitable instead of wrapping it in one more coroutine frame per request.
         self._reading = func_name
+        if self._idle_timeout:
+            self._last_rx = self._loop.time()  # type: ignore[attr-defined]  # silence counts from now
         if self._between_messages(func_name):
+            self.drained = True
             self.feed_eof()
             done: asyncio.Future[None] = self._loop.create_future()  # type: ignore[attr-defined]
             done.set_result(None)
@@ -98,6 +104,7 @@ class Reader(asyncio.StreamReader):
     def eof_if_idle(self) -> bool:
         """End the read now if the handler waits between messages (``_waiter``: a read is blocked)."""
         if self._waiter is not None and self._between_messages(self._reading):  # type: ignore[attr-defined]
+            self.drained = True
             self.feed_eof()
             return True
         return False
@@ -118,6 +125,10 @@ class Reader(asyncio.StreamReader):
     def _idle_check(self) -> None:
         # One timer per connection, moved on only when it fires: nothing is rescheduled per read.
         loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[attr-defined]
+        if self._waiter is None:  # type: ignore[attr-defined]
+            # The handler is not waiting for the client (it computes, sleeps, or flushes a response): the client
+            # owes nothing now, so this time does not count as the client's silence.
+            self._last_rx = loop.time()
         due = self._last_rx + self._idle_timeout
         if loop.time() < due:
             self._idle_timer = loop.call_at(due, self._idle_check)
@@ -137,8 +148,9 @@ class BoundedWriter(asyncio.StreamWriter):
     """A StreamWriter whose connection is closed once more than ``limit`` bytes wait to be sent.
 
     Checked only while the transport is above its high-water mark (``pause_writing`` was called), so a
-    write costs one attribute test more than the base class's. A handler that never awaits ``drain()``
-    (a broadcast to a client that never reads) cannot grow the process past the limit.
+    write costs one attribute test more than the base class's; :func:`bound_writer` puts that mark at or
+    below the limit. A handler that never awaits ``drain()`` (a broadcast to a client that never reads)
+    cannot grow the process past the limit.
     """
 
     limit: int
@@ -149,7 +161,19 @@ class BoundedWriter(asyncio.StreamWriter):
         if self.reader.ended_by:
             return  # we closed it: drop further writes instead of letting asyncio warn about each one
         transport.write(data)
-        if self._protocol._paused and transport.get_write_buffer_size() > self.limit:  # type: ignore[attr-defined]
+        if self._protocol._paused:  # type: ignore[attr-defined]
+            self._check(transport)
+
+    def writelines(self, data: Any) -> None:
+        if self.reader.ended_by:
+            return
+        transport = self._transport  # type: ignore[attr-defined]
+        transport.writelines(data)
+        if self._protocol._paused:  # type: ignore[attr-defined]
+            self._check(transport)
+
+    def _check(self, transport: asyncio.WriteTransport) -> None:
+        if transport.get_write_buffer_size() > self.limit:
             self.reader.ended_by = "write_buffer"
             transport.abort()
 
@@ -160,28 +184,37 @@ def bound_writer(writer: asyncio.StreamWriter, reader: Reader, limit: int) -> No
     bounded: BoundedWriter = writer  # type: ignore[assignment]
     bounded.limit = limit
     bounded.reader = reader
+    if limit < HIGH_WATER * 2:
+        # drain() waits from half the limit on, and the check runs past it: a smaller limit is a real bound too
+        writer.transport.set_write_buffer_limits(high=limit // 2)
 
 
 def client_fault(exc: BaseException, reader: Reader, writer: asyncio.StreamWriter) -> str | None:
-    """The CLIENT_REASONS value if ``exc`` is the client's doing, else None (the handler's own failure).
+    """The CLIENT_REASONS value if ``exc`` is a client's doing, else None (the handler's own failure).
 
-    The rule is where the error was raised, not a list of types: inside this connection's reader, writer or
-    protocol (a line over the limit, a reset while reading or flushing, a TLS error, end-of-stream in the
-    middle of readexactly()) it is the client's; anywhere else it is the handler's code. Walking the
-    traceback costs something only when a handler already failed.
+    The rule is where the error was raised, not a list of types: inside a stream object -- a reader, writer,
+    stream protocol or transport -- (a line over the limit, a reset while reading or flushing, a TLS error,
+    end-of-stream in the middle of readexactly()) it is a peer's; anywhere else it is the handler's code. A peer
+    may be another connection the handler writes to (a chat broadcast, a gateway's upstream): its reset is not
+    this server's failure either. Mistakes in calling the stream API (a wrong argument) stay the handler's.
+    Walking the traceback costs something only when a handler already failed.
     """
     if reader.ended_by:
         return reader.ended_by
-    if isinstance(exc, _PROGRAMMING_ERRORS) and not isinstance(exc, IdleTimeout):
+    if isinstance(exc, _PROGRAMMING_ERRORS):
         return None
-    ours = (reader, writer, getattr(writer, "_protocol", None), writer.transport)
+    if isinstance(exc, ValueError) and not isinstance(exc.__context__, asyncio.LimitOverrunError):
+        return None  # readline() turns an over-long line into ValueError; any other ValueError is a bad call
     tb = exc.__traceback__
     while tb is not None:
-        owner = tb.tb_frame.f_locals.get("self")
-        if owner is not None and any(owner is o for o in ours):
+        if isinstance(tb.tb_frame.f_locals.get("self"), _STREAM_OBJECTS):
             return _reason(exc)
         tb = tb.tb_next
     return None
+
+
+# the stdlib's stream classes and any transport (asyncio's, uvloop's, TLS): not a user's own Protocol class
+_STREAM_OBJECTS = (asyncio.StreamReader, asyncio.StreamWriter, asyncio.streams.FlowControlMixin, asyncio.BaseTransport)
 
 
 def _reason(exc: BaseException) -> str:
@@ -193,6 +226,6 @@ def _reason(exc: BaseException) -> str:
         return "incomplete"
     if isinstance(exc, ssl.SSLError):
         return "tls"
-    if isinstance(exc, ConnectionError | OSError):
+    if isinstance(exc, ConnectionError | OSError | RuntimeError):  # uvloop: RuntimeError writing to a closed one
         return "reset"
     return "other"

@@ -75,7 +75,7 @@ class Supervisor:
         self._force: asyncio.Future[None] = loop.create_future()
         # replaced by a fresh future on every publish, so no waiter can miss a change
         self._changed: asyncio.Future[None] = loop.create_future()
-        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # every generation's task still running
         self._shutting_down = False
         self._gave_up: str | None = None
         self._wake_at: float | None = None  # the earliest pending backoff wake-up
@@ -114,9 +114,11 @@ class Supervisor:
     # -- control ---------------------------------------------------------------------------------------------------
 
     def give_up(self, why: str) -> None:
-        """Shut down in order and make serve() raise GaveUp(why)."""
-        self._gave_up = why
-        self.request_stop("gave up")
+        """Shut down in order and make serve() raise GaveUp(why). Not a second stop request: during a shutdown
+        already under way (a generation's end was still queued) it must not cut the other servers' drains."""
+        self._gave_up = self._gave_up or why
+        if not self._stop.is_set():
+            self.request_stop("gave up")
 
     def request_stop(self, reason: str) -> None:
         """Begin the ordered shutdown; a second request cuts every wait (force)."""
@@ -160,6 +162,7 @@ class Supervisor:
         """Close the server's listener for good: its port is free, new clients are refused."""
         if child.listener is not None:
             child.listener.close()
+            child.closing = child.listener.closed
             if not self._shutting_down:
                 child.listener = None
 
@@ -175,14 +178,14 @@ class Supervisor:
         shutdown = OrderedShutdown(self.children, self.plan.supervisor, self._force, self.release, self.set_state)
         try:
             with self.guard.installed(self._loop):
-                async with asyncio.TaskGroup() as tg:
-                    self._tg = tg
-                    try:
-                        await self._run()
-                    finally:
-                        self._shutting_down = True
-                        self._publish()  # views see the shutdown at once, whatever state the servers are in
-                        await shutdown.run(self.stop_reason or "exit")
+                try:
+                    await self._run()
+                finally:
+                    self._shutting_down = True
+                    self._publish()  # views see the shutdown at once, whatever state the servers are in
+                    # Bounded: what is still running after it (a lifespan that ignores cancellation) is left to
+                    # the CLI's exit, which names it. A TaskGroup here would wait for such a task for ever.
+                    await shutdown.run(self.stop_reason or "exit")
         finally:
             for child in self.children:
                 self.release(child)
@@ -226,8 +229,11 @@ class Supervisor:
                 # always leave a wake-up behind for a server that is not due yet.
                 self._wake_in(wait)
                 continue
-            if all(self._by_name[d].state is ChildState.RUNNING for d in child.plan.after):
+            waiting = [self._by_name[d] for d in child.plan.after if self._by_name[d].state is not ChildState.RUNNING]
+            if not waiting:
                 await self._start(child)
+            elif dead := [d for d in waiting if not d.wanted and d.state is ChildState.FAILED]:
+                self._outcomes.orphaned(child, dead[0])
 
     def _wake_in(self, seconds: float) -> None:
         assert self._loop is not None
@@ -242,7 +248,6 @@ class Supervisor:
         self._post(None)
 
     async def _start(self, child: Child) -> None:
-        assert self._tg is not None
         if child.listener is None:
             try:
                 listener = Listener.bind(child.plan, child.stats)
@@ -258,8 +263,10 @@ class Supervisor:
         child.gen = gen
         child.live.add(gen)
         self.set_state(child, ChildState.STARTING)  # published with the new generation's number
-        gen.task = self._tg.create_task(gen.run(), name=f"server:{child.name}")
+        gen.task = asyncio.get_running_loop().create_task(gen.run(), name=f"server:{child.name}")
+        self._tasks.add(gen.task)
         gen.task.add_done_callback(lambda _t: child.live.discard(gen))
+        gen.task.add_done_callback(self._task_done)
         gen.ready.add_done_callback(lambda _f: self._post(_Ready(child, gen)))
 
     def _ready(self, child: Child, gen: Generation) -> None:
@@ -272,6 +279,12 @@ class Supervisor:
         self.set_state(child, ChildState.RUNNING)
         child.flush()
         LOGGER.info("server %s listening on %s (generation %d)", child.name, child.address, gen.number)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:  # a generation reports, never raises
+            LOGGER.critical("internal error: %s raised %r; shutting down", task.get_name(), exc, exc_info=exc)
+            self.give_up(f"internal error in {task.get_name()}: {exc!r}")
 
     # -- how generations end ---------------------------------------------------------------------------------------
 

@@ -44,6 +44,12 @@ async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             elif cmd == b"block":  # blocking code on the event loop: the mistake the loop guard reports
                 time.sleep(float(arg))  # noqa: ASYNC251 - on purpose
                 writer.write(b"unblocked\n")
+            elif cmd == b"misuse":  # a wrong call into the stream API: the handler's bug, raised inside the reader
+                await reader.readexactly(-1)
+            elif cmd == b"sprayl":  # like spray, with writelines()
+                for _ in range(int(arg)):
+                    writer.writelines([b"y" * 32768, b"y" * 32768])
+                    await asyncio.sleep(0)
             elif cmd == b"bad":  # the handler's own bug, raised from its own code
                 raise ValueError("handler bug")
             elif cmd in (b"stream", b"spray"):  # N chunks of 64 KiB, awaiting drain() after each, or never
@@ -165,3 +171,30 @@ async def sluggish(options: Mapping[str, Any]) -> AsyncIterator[Handler]:
         yield lines
     finally:
         await asyncio.sleep(float(options.get("exit", 0)))
+
+
+async def until_newline(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Echo with readuntil(), letting its IncompleteReadError at end-of-stream escape (as handlers often do)."""
+    while True:
+        writer.write(await reader.readuntil(b"\n"))
+        await writer.drain()
+
+
+_SUBSCRIBERS: list[asyncio.StreamWriter] = []
+
+
+async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """``sub``: become a subscriber; ``pub N``: send N x 64 KiB to every subscriber, awaiting each one's drain()."""
+    line = await reader.readline()
+    if line == b"sub\n":
+        _SUBSCRIBERS.append(writer)
+        writer.write(b"subscribed\n")
+        await writer.drain()
+        await reader.read()
+        return
+    if line.startswith(b"pub "):
+        for _ in range(int(line.split()[1])):
+            for sub in list(_SUBSCRIBERS):
+                sub.write(b"m" * 65536)
+                await sub.drain()  # raises for a subscriber that reset: inside *its* writer, not ours
+    writer.close()

@@ -14,6 +14,7 @@ import pytest
 
 from supervisor import Supervisor
 from supervisor.plan import Plan
+from tests import apps
 from tests.helpers import DEADLINE, ask, eventually, plan_from, port_of, running
 
 MARGIN = 0.3  # past a timeout, how late the close may come on a busy machine
@@ -163,3 +164,66 @@ async def test_max_connections_closes_the_excess(tmp_path: Path, caplog: pytest.
         await undisturbed(sup)
     rejected = [m for m in loud(caplog) if "max_connections (3) reached" in m]
     assert rejected == ["server s: max_connections (3) reached, closing new connections"]  # one line, not 20
+
+
+async def test_idle_timeout_does_not_count_the_handlers_own_time(tmp_path: Path) -> None:
+    """Found in review: a handler busy for longer than idle_timeout lost its answer, counted as the client's."""
+    async with running(plan(tmp_path, ", idle_timeout: 300ms")) as sup:
+        assert await ask(port_of(sup, "s"), b"sleep 0.6") == b"slept\n"
+        assert sup.children[0].stats.client_errors["idle_timeout"] == 0
+
+
+@pytest.mark.parametrize("cmd", [b"spray 2000", b"sprayl 2000"], ids=["write", "writelines"])
+async def test_max_write_buffer_below_the_high_water_mark_and_with_writelines(tmp_path: Path, cmd: bytes) -> None:
+    async with running(plan(tmp_path, ", max_write_buffer: 16KiB")) as sup:
+        _, writer = await asyncio.open_connection("127.0.0.1", port_of(sup, "s"))
+        writer.transport.pause_reading()  # type: ignore[attr-defined]
+        writer.write(cmd + b"\n")
+        await eventually(lambda: sup.children[0].stats.client_errors["write_buffer"] == 1)
+        writer.transport.abort()
+        await undisturbed(sup)
+
+
+async def test_a_wrong_call_into_the_stream_api_is_the_handlers_error(tmp_path: Path) -> None:
+    async with running(plan(tmp_path, max_restarts=5)) as sup:
+        assert await ask(port_of(sup, "s"), b"misuse") == b""
+        await eventually(lambda: sup.children[0].stats.handler_errors == 1)
+        assert sup.children[0].stats.client_errors == {}
+
+
+async def test_a_reset_of_another_connection_is_not_the_handlers_failure(tmp_path: Path) -> None:
+    """A chat-like broadcaster writing to a member that reset: a peer's doing, wherever it is raised."""
+    apps._SUBSCRIBERS.clear()
+    async with running(plan(tmp_path, handler="tests.apps:relay")) as sup:
+        port = port_of(sup, "s")
+        sub_r, sub_w = await asyncio.open_connection("127.0.0.1", port)
+        sub_w.write(b"sub\n")
+        assert await sub_r.readline() == b"subscribed\n"
+        sock = sub_w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sub_w.transport.abort()  # RST
+        pub_r, pub_w = await asyncio.open_connection("127.0.0.1", port)
+        pub_w.write(b"pub 2000\n")  # 2000 x 64 KiB to the gone subscriber, awaiting its drain()
+        async with asyncio.timeout(DEADLINE):
+            assert await pub_r.read() == b""
+        pub_w.close()
+        await eventually(lambda: sup.children[0].stats.client_errors["reset"] >= 1)
+        assert [c.stats.handler_errors for c in sup.children] == [0, 0]
+        assert [c.generation for c in sup.children] == [1, 1]
+
+
+async def test_the_drains_end_of_stream_is_nobodys_error(tmp_path: Path) -> None:
+    """Found in review: idle clients of a handler that lets readuntil()'s IncompleteReadError escape were
+    counted as client errors at every restart."""
+    async with running(plan(tmp_path, handler="tests.apps:until_newline")) as sup:
+        port = port_of(sup, "s")
+        clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        for reader, writer in clients:
+            writer.write(b"hi\n")
+            assert await reader.readline() == b"hi\n"
+        await sup.control("restart", "s")
+        for reader, writer in clients:
+            assert await reader.read() == b""
+            writer.close()
+        stats = sup.children[0].stats
+        assert (stats.client_errors, stats.handler_errors) == ({}, 0)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import GaveUp
+from supervisor import GaveUp, Supervisor
 from supervisor.state import ChildState
 from tests import apps
-from tests.helpers import DEADLINE, ask, plan_from, port_of, running, wait_state
+from tests.helpers import DEADLINE, ask, eventually, plan_from, port_of, running, wait_state
 
 
 @pytest.fixture(autouse=True)
@@ -162,3 +162,73 @@ async def test_a_lifespan_that_fails_on_exit_is_logged_and_the_next_generation_s
         assert x.restarts == 1  # the manual one: a failure after stopping restarts nothing more
     failed = [m for m in messages(caplog) if m.startswith("server x#")]
     assert failed[0] == "server x#1: failed while stopping: RuntimeError('lifespan exit failed')"
+
+
+GIVE_UP_WHILE_STOPPING = """
+import asyncio, contextlib
+STOP = []  # the test puts the supervisor's request_stop here, then a gate that opens once b has a client
+
+async def slow(reader, writer):
+    await reader.readexactly(10)  # mid-message: it gets its whole drain budget
+    writer.write(b"done")
+
+def crash(options):
+    @contextlib.asynccontextmanager
+    async def life():
+        await STOP[1].wait()
+        asyncio.get_running_loop().call_soon(STOP[0], "SIGTERM")  # the stop lands with the failure
+        raise RuntimeError("cannot start")
+        yield
+    return life()
+"""
+
+
+async def test_a_give_up_during_a_shutdown_does_not_cut_the_drains(tmp_path: Path) -> None:
+    """Found in review: a give-up decided after a first stop request counted as the second one (force)."""
+    (tmp_path / "giveup_mod.py").write_text(GIVE_UP_WHILE_STOPPING)
+    plan = plan_from(
+        tmp_path,
+        """
+        servers:
+          - {name: b, handler: "giveup_mod:slow", port: 0, shutdown_timeout: 300ms}
+          - {name: a, handler: "giveup_mod:crash", port: 0, after: [b], start_retries: 0}
+        """,
+    )
+    import giveup_mod  # type: ignore[import-not-found]
+
+    loop = asyncio.get_running_loop()
+    sup = Supervisor(plan)
+    gate = asyncio.Event()
+    giveup_mod.STOP[:] = [sup.request_stop, gate]
+    task = asyncio.create_task(sup.serve())
+    await wait_state(sup, "b", ChildState.RUNNING)
+    _, writer = await asyncio.open_connection("127.0.0.1", port_of(sup, "b"))
+    writer.write(b"abc")
+    await eventually(lambda: sup.counters()["b"].active == 1)
+    started = loop.time()
+    gate.set()
+    with pytest.raises(GaveUp):
+        async with asyncio.timeout(DEADLINE):
+            await task
+    assert loop.time() - started >= 0.3  # b's connection got its budget: not a forced shutdown
+    assert not sup._force.done()
+    writer.close()
+
+
+async def test_a_server_after_one_that_failed_for_good_is_given_up_on(tmp_path: Path) -> None:
+    """Found in review: a permanent server `after` a temporary one that failed waited for ever, silently."""
+    plan = plan_from(
+        tmp_path,
+        """
+        servers:
+          - {name: db, handler: "tests.apps:journaled", port: 0, restart: temporary, options: {fail_enter: true}}
+          - {name: web, handler: "tests.apps:lines", port: 0, after: [db]}
+        """,
+    )
+    sup = Supervisor(plan)
+    with pytest.raises(GaveUp, match="server web cannot start: it comes after db, which failed for good"):
+        async with asyncio.timeout(DEADLINE):
+            await sup.serve()
+    web = sup.snapshot().child("web")
+    assert web is not None
+    assert web.last_error == "waiting for db, which failed and will not be restarted"

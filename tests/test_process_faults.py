@@ -114,6 +114,7 @@ def test_a_second_signal_cuts_a_lifespan_exit(tmp_path: Path) -> None:
         took = time.monotonic() - started
     assert took < 1.5, sp.output  # not the 8 s the exit had left
     assert "server slow#1: the lifespan did not exit within" in sp.output
+    assert "Traceback" not in sp.output
 
 
 def test_a_lifespan_that_never_finishes_entering_times_out_and_is_given_up(tmp_path: Path) -> None:
