@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: OK, {len(plan.servers)} server(s)")
         return EXIT_OK
     _setup_logging(args.log_level)
+    for warning in plan.warnings:  # what `check` prints under its table: runnable, but probably not meant
+        LOGGER.warning("%s", warning)
     return run(plan)
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
+import reprlib
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +27,22 @@ RESTART_TYPES: Final = ("permanent", "transient", "temporary")
 HANDLER_ERROR_POLICIES: Final = ("log", "restart")
 LOOPS: Final = ("asyncio", "uvloop")
 
-_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+# Bounds on what a config may make us read or build, whoever wrote it: every check is then bounded in time and memory
+MAX_FILE_BYTES: Final = 1 << 20
+MAX_DEPTH: Final = 64  # PyYAML composes and constructs recursively: ~500 levels overflow Python's stack
+MAX_NODES: Final = 50_000  # in the whole file, as written
+MAX_VALUES: Final = 10_000  # in one options/after value, with its aliases expanded (9 x 9 x ... "billion laughs")
+SHOWN: Final = 80  # characters of a user's value echoed in a message
+MAX_PROBLEMS: Final = 100  # lines reported; the rest are counted
+
+# every pattern is used with fullmatch: "$" would also accept a trailing newline
+_DURATION_RE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 # ``250ms`` is 250 / 1000 (not 250 * 0.001, which is off by one ulp for many values)
 _DURATION_DIVISORS: Final = {"ms": 1000.0}
 _DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_HANDLER_RE: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_DOTTED: Final = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+_HANDLER_RE: Final = re.compile(f"{_DOTTED}:{_DOTTED}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +87,7 @@ class ConsoleSpec:
 class BackoffSpec:
     initial: float = 0.1
     factor: float = 2.0
-    max: float = 30.0
+    max: float = 5.0  # with max_restarts 10 and restart_window 60s, the give-up rule stays reachable
     jitter: float = 0.1
     reset_after: float = 10.0
 
@@ -130,7 +143,7 @@ def parse_duration(value: object) -> float:
     try:
         if isinstance(value, int | float):
             seconds = float(value)
-        elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value)):
             unit = m.group(2)
             if unit in _DURATION_DIVISORS:
                 seconds = float(m.group(1)) / _DURATION_DIVISORS[unit]
@@ -147,31 +160,60 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+_KINDS: Final = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe", stat.S_IFCHR: "a character device"}
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate ``path``. Raises ConfigError listing every problem found."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a named pipe must not wait for a writer (it is refused just below)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):  # /dev/zero never ends, a pipe may never be written
+                kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+                raise ConfigError([f"{path}: cannot read the config file: it is {kind}; name a regular file"])
+            data = b""
+            while len(data) <= MAX_FILE_BYTES and (chunk := os.read(fd, MAX_FILE_BYTES + 1 - len(data))):
+                data += chunk
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}; check the path"]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([f"{path}: the config file is larger than 1 MiB; check the path (a config is a few KiB)"])
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: the config file is not UTF-8 text ({exc.reason})"]) from None
-    return parse_config(text, path)
+    return parse_config(text.replace("\r\n", "\n").replace("\r", "\n"), path)
 
 
 def parse_config(text: str, path: Path) -> Config:
+    loader: _Loader | None = None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _Loader(text)  # checks every character first: may raise ReaderError
+        root = loader.get_single_node()
+    except _Refused as exc:
+        raise ConfigError([f"{path}:{exc.line}: {exc.args[0]}"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        raise ConfigError([f"{path}:{line}: invalid YAML: {exc.problem or exc.context}; fix the syntax"]) from None
+        reason = clip(str(exc.problem or exc.context), 200)
+        raise ConfigError([f"{path}:{line}: invalid YAML: {reason}; fix the syntax"]) from None
     except yaml.reader.ReaderError as exc:  # a control character: located by offset, not by a mark
         line = text.count("\n", 0, exc.position) + 1
         reason = str(exc).splitlines()[0]
         raise ConfigError([f"{path}:{line}: invalid YAML: {reason}; remove that character"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}:1: invalid YAML: {exc}"]) from None
+        raise ConfigError([f"{path}:1: invalid YAML: {clip(str(exc), 200)}"]) from None
+    except RecursionError:  # MAX_DEPTH keeps PyYAML well inside the stack; this only if the caller's is nearly full
+        line = loader.get_mark().line + 1 if loader else 1
+        raise ConfigError([f"{path}:{line}: nested too deeply for the YAML reader; flatten this value"]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     reader = _Reader(str(path))
     config = reader.config(root, path)
     if reader.problems or config is None:
@@ -182,12 +224,54 @@ def parse_config(text: str, path: Path) -> Config:
 T = TypeVar("T")
 
 
+class _Refused(yaml.YAMLError):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded before it builds anything: it composes one Python stack frame pair per
+    level of nesting (500 levels overflow the stack), and a file may hold at most MAX_NODES values."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._within: list[tuple[Node | None, object]] = []  # (parent, index or key node) of each open level
+        self._nodes = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self._nodes += 1
+        if len(self._within) >= MAX_DEPTH or self._nodes > MAX_NODES:
+            line = self.peek_event().start_mark.line + 1  # type: ignore[no-untyped-call]
+            if self._nodes > MAX_NODES:
+                raise _Refused(line, f"the config holds more than {MAX_NODES} values; it cannot be meant as one")
+            raise _Refused(line, f"{self._path()}: nested more than {MAX_DEPTH} levels deep; flatten this value")
+        self._within.append((parent, index))
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._within.pop()
+
+    def _path(self) -> str:
+        """The key path of the open levels, e.g. ``servers[0].options.x`` (at most 4 steps, then ``…``)."""
+        steps = []
+        for parent, at in self._within[1:]:
+            if isinstance(at, int):
+                steps.append(f"[{at}]")
+            elif isinstance(at, ScalarNode):
+                steps.append(f".{clip(at.value, 40)}")
+            else:
+                steps.append(".(a key)" if isinstance(parent, MappingNode) else "")
+        path = "".join(steps[:4]).lstrip(".") or "(top level)"
+        return path + "…" if len(steps) > 4 else path
+
+
 class _Unreadable:
     """Stands for a value YAML could compose but not construct (bad tag, impossible date, ...)."""
 
     def __init__(self, shown: str, reason: str) -> None:
-        self.shown = shown
-        self.reason = reason
+        self.shown = clip(shown)
+        self.reason = clip(reason)
 
     def __repr__(self) -> str:
         return f"{self.shown}, which YAML cannot read ({self.reason})"
@@ -216,7 +300,7 @@ class _Reader:
     @property
     def problems(self) -> list[str]:
         """Every problem, top of the file first (the walk visits a server's keys in a fixed order)."""
-        return [message for _, message in sorted(self._problems, key=lambda p: p[0])]
+        return capped([message for _, message in sorted(self._problems, key=lambda p: p[0])])
 
     def fail(self, node: Node | None, path: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
@@ -236,7 +320,7 @@ class _Reader:
         out = _Fields()
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, ScalarNode) else None
-            kpath = f"{path}.{key}" if path else str(key)
+            kpath = f"{path}.{clip(str(key), 40)}" if path else clip(str(key), 40)
             if not isinstance(key, str):
                 self.fail(key_node, path or "(top level)", "keys must be plain strings")
             elif key in out:
@@ -259,7 +343,7 @@ class _Reader:
         """The Python value of ``node``, or an _Unreadable (never raises: an odd tag is a config problem)."""
         try:
             return self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             # the constructor keeps half-built state after an error: start a fresh one
             self._constructor = yaml.constructor.SafeConstructor()
             reason = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else str(exc)
@@ -268,8 +352,22 @@ class _Reader:
                 return _Unreadable(repr(raw), reason)
             return _Unreadable(_show(node), reason)
 
-    def data(self, node: Node, path: str) -> object:
-        """Free-form data (options, after): duplicate keys anywhere inside are problems too."""
+    def data(self, node: Node, at: Node, path: str) -> object:
+        """Free-form data (options, after), bounded before it is built; duplicate keys inside are problems too.
+
+        Returns _REFUSED (after reporting why, at ``at``) for a value too big, too deep or containing itself.
+        """
+        measured = _measure(node)
+        if measured is None:
+            self.fail(at, path, "contains itself through an alias (*name inside &name); remove that alias")
+            return _REFUSED
+        values, depth = measured
+        if depth > MAX_DEPTH:
+            self.fail(at, path, f"nested more than {MAX_DEPTH} levels deep (aliases expanded); flatten this value")
+            return _REFUSED
+        if values > MAX_VALUES:
+            self.fail(at, path, f"holds more than {MAX_VALUES} values with its aliases expanded; make it smaller")
+            return _REFUSED
         self.duplicates(node, path, set())
         return self.construct(node)
 
@@ -281,11 +379,12 @@ class _Reader:
             keys: set[str] = set()
             for key_node, value_node in node.value:
                 key = key_node.value if isinstance(key_node, ScalarNode) else None
+                kpath = f"{path}.{clip(str(key), 40)}"
                 if key is not None and key in keys:
-                    self.fail(key_node, f"{path}.{key}", "duplicate key; keep only one")
+                    self.fail(key_node, kpath, "duplicate key; keep only one")
                 elif key is not None:
                     keys.add(key)
-                self.duplicates(value_node, f"{path}.{key}", seen)
+                self.duplicates(value_node, kpath, seen)
         elif isinstance(node, SequenceNode):
             for i, item in enumerate(node.value):
                 self.duplicates(item, f"{path}[{i}]", seen)
@@ -392,18 +491,22 @@ class _Reader:
         port = self.field(f, "port", p, _int(0, 65535), 0)
         options: Mapping[str, Any] = {}
         if (opt_node := f.get("options")) is not None:
-            value = self.data(opt_node, f"{p}.options")
-            if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            value = self.data(opt_node, f.at("options", opt_node), f"{p}.options")
+            if value is _REFUSED:
+                pass
+            elif isinstance(value, dict) and all(isinstance(k, str) for k in value):
                 options = value
             else:
                 expected = "expected a mapping of option names to values"
                 self.fail(f.at("options", opt_node), f"{p}.options", f"{expected}, got {_show(value)}")
         after: tuple[str, ...] = ()
         if (after_node := f.get("after")) is not None:
-            value = self.data(after_node, f"{p}.after")
+            value = self.data(after_node, f.at("after", after_node), f"{p}.after")
             if isinstance(value, str):
                 value = [value]
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            if value is _REFUSED:
+                pass
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
                 after = tuple(value)
             else:
                 expected = "expected a list of server names"
@@ -451,6 +554,18 @@ class _Reader:
         return spec
 
 
+def capped(lines: list[str]) -> list[str]:
+    """At most MAX_PROBLEMS lines (each ``file:line: ...``), the last one counting the lines left out."""
+    if len(lines) <= MAX_PROBLEMS:
+        return lines
+    first_left_out = _LOCATED.match(lines[MAX_PROBLEMS - 1])
+    where = first_left_out.group(1) if first_left_out else lines[0].partition(": ")[0]
+    return [*lines[: MAX_PROBLEMS - 1], f"{where}: and {len(lines) - MAX_PROBLEMS + 1} more; fix these and check again"]
+
+
+_LOCATED: Final = re.compile(r"(.*?:\d+): ")
+
+
 # -- value checkers: return the value or raise ValueError("expected ...") -------------------------------------------
 
 
@@ -458,19 +573,77 @@ def _keys(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.name != "locations")
 
 
+_REFUSED: Final = object()  # data() reported the value as too big to build
+
+
+def _measure(root: Node) -> tuple[int, int] | None:
+    """(values, depth) of ``root`` as it would be built, aliases expanded, in time linear in the nodes as
+    written (each is measured once); None if it contains itself. Values are counted up to MAX_VALUES + 1."""
+    measured: dict[int, tuple[int, int]] = {}
+    open_: set[int] = set()  # being measured: met again below itself, it is recursive
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        inside: list[Node] = []
+        if isinstance(node, MappingNode):
+            inside = [n for pair in node.value for n in pair]
+        elif isinstance(node, SequenceNode):
+            inside = list(node.value)
+        if leaving:
+            open_.discard(id(node))
+            values = 1 + sum(measured[id(n)][0] for n in inside)
+            depth = 1 + max((measured[id(n)][1] for n in inside), default=0)
+            measured[id(node)] = (min(values, MAX_VALUES + 1), depth)
+        elif id(node) in open_:
+            return None
+        elif id(node) not in measured:
+            open_.add(id(node))
+            stack.append((node, True))
+            stack.extend((n, False) for n in inside)
+    return measured[id(root)]
+
+
+class _Brief(reprlib.Repr):
+    """repr() bounded whatever it is given (10,000 aliases of one long string; an integer of 20,000 hex digits,
+    which int's repr refuses)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict = 4, 12, 12
+        self.maxstring = self.maxlong = self.maxother = SHOWN + 20
+
+    def repr_str(self, x: str, level: int) -> str:
+        return repr(x) if len(x) <= SHOWN else repr(x[:SHOWN]) + "…"
+
+    def repr_int(self, x: int, level: int) -> str:
+        return f"an integer of {x.bit_length()} bits" if x.bit_length() > 10_000 else repr(x)
+
+
+_BRIEF: Final = _Brief()
+
+
+def clip(text: str, limit: int = SHOWN) -> str:
+    """User text safe to echo in a one-line message: control characters escaped, at most ``limit`` characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _show(value: object) -> str:
-    """A value as the user wrote it in YAML terms (``null``, ``true``, ``'http'``, a list)."""
+    """A value as the user wrote it in YAML terms (``null``, ``true``, ``'http'``, a list), at most ~80 chars."""
     if isinstance(value, SequenceNode):
         return "a list"
     if isinstance(value, MappingNode):
         return "a mapping"
+    if isinstance(value, _Unreadable):
+        return repr(value)  # its parts are clipped already
     if isinstance(value, ScalarNode):
-        return repr(value.value)
+        value = value.value
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    return repr(value)
+    return clip(_BRIEF.repr(value))
 
 
 def _bool(value: object) -> bool:
@@ -507,7 +680,7 @@ def _duration(*, positive: bool = False) -> Callable[[object], float]:
     return check
 
 
-_SIZE_RE: Final = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_RE: Final = re.compile(r"\s*(\d{1,30})\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*")
 _SIZE_UNITS: Final = {
     None: 1,
     "B": 1,
@@ -524,7 +697,7 @@ def parse_size(value: object) -> int:
     """``65536`` / ``64KiB`` / ``8MiB`` / ``1MB`` -> bytes. Raises ValueError with the reason."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    if isinstance(value, str) and (m := _SIZE_RE.match(value)):
+    if isinstance(value, str) and (m := _SIZE_RE.fullmatch(value)):
         return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
     raise ValueError("expected a size like 65536, 64KiB or 8MiB")
 
@@ -551,18 +724,22 @@ def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
 
 
 def _host(value: object) -> str:
-    if isinstance(value, str) and value.strip() and " " not in value:
+    # resolving it is the plan's job; here: one printable word, at most a DNS name long
+    if isinstance(value, str) and value and len(value) <= 253 and value.isprintable() and not _SPACE.search(value):
         return value
     raise ValueError("expected a host name or IP address such as 127.0.0.1")
 
 
+_SPACE: Final = re.compile(r"\s")
+
+
 def _name(value: object) -> str:
-    if isinstance(value, str) and _NAME_RE.match(value):
+    if isinstance(value, str) and _NAME_RE.fullmatch(value):
         return value
     raise ValueError("expected a name of letters, digits, '_', '.', '-' (at most 63)")
 
 
 def _handler(value: object) -> str:
-    if isinstance(value, str) and _HANDLER_RE.match(value):
+    if isinstance(value, str) and len(value) <= 200 and _HANDLER_RE.fullmatch(value):
         return value
     raise ValueError("expected 'module:attribute', e.g. supervisor.handlers.echo:handle")

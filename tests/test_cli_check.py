@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +151,124 @@ def test_subprocess_bad_config_exits_2_without_traceback() -> None:
     assert result.stdout == ""
     assert result.stderr.splitlines()[-1] == f"supervisor: 4 problems in {UNPLANNABLE}; nothing was started"
     assert f"{UNPLANNABLE}:10: servers[1].after: dependency cycle web -> chat -> web" in result.stderr
+
+
+def alias_bomb(levels: int) -> str:
+    items = ["&l0 [x, x, x, x, x, x, x, x, x]"]
+    items += [f"&l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return "".join(f"      - {item}\n" for item in items)
+
+
+# the address a listener on localhost binds: 127.0.0.1 or ::1, depending on the machine
+LOCALHOST = socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][4][0]
+SERVER = "servers:\n  - name: a\n    handler: supervisor.handlers.http:make\n    port: 0\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            SERVER + "    options: {x: " + "[" * 500 + "]" * 500 + "}\n",
+            "5: servers[0].options.x…: nested more than 64 levels deep; flatten this value",
+        ),
+        (
+            SERVER + "    options:\n" + alias_bomb(7),
+            "5: servers[0].options: holds more than 10000 values with its aliases expanded; make it smaller",
+        ),
+        (
+            SERVER + "    after:\n" + alias_bomb(7),
+            "5: servers[0].after: holds more than 10000 values with its aliases expanded; make it smaller",
+        ),
+        (
+            SERVER.replace("port: 0", "port: 0\n    host: no-such-host.invalid"),
+            "5: servers[0].host: cannot resolve host 'no-such-host.invalid' (",
+        ),
+        (
+            f"metrics: {{host: '{LOCALHOST}'}}\n{SERVER}"
+            "  - {name: b, handler: supervisor.handlers.echo:handle, host: localhost, port: 9100}\n",
+            "6: servers[1].port: localhost:9100 is already used by metrics (",
+        ),
+        (SERVER.replace("name: a", 'name: "a\\n"'), "2: servers[0].name: expected a name of letters, digits"),
+    ],
+    ids=["deep", "alias-bomb-options", "alias-bomb-after", "unresolvable-host", "same-address", "name-newline"],
+)
+def test_hostile_configs_exit_2_with_located_lines(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, expected: str
+) -> None:
+    # each used to be a traceback (exit 1), tens of MB of message, or an OK for a config that cannot run
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    started = time.perf_counter()
+    rc, out, err = check(capsys, str(path))
+    assert time.perf_counter() - started < 2.0
+    assert (rc, out) == (EXIT_USAGE, "")
+    assert "Traceback" not in err
+    assert len(err) < 1000
+    first, last = err.splitlines()
+    assert first.startswith(f"{path}:{expected}"), first
+    assert last == f"supervisor: 1 problem in {path}; nothing was started"
+
+
+def release_a_blocked_reader(fifo: Path) -> None:
+    time.sleep(2)
+    with contextlib.suppress(OSError):  # ENXIO: no reader is waiting, as it should be
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "directory", "too-big"])
+def test_files_that_are_not_configs_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "c.yaml"
+    if kind == "dev-zero":
+        path.symlink_to("/dev/zero")  # used to be a MemoryError
+        expected = "cannot read the config file: it is a character device; name a regular file"
+    elif kind == "fifo":
+        os.mkfifo(path)  # used to block for ever: if it still does, a writer lets it go after 2 s (and it fails)
+        threading.Thread(target=release_a_blocked_reader, args=(path,), daemon=True).start()
+        expected = "cannot read the config file: it is a named pipe; name a regular file"
+    elif kind == "directory":
+        path.mkdir()
+        expected = "cannot read the config file: it is a directory; name a regular file"
+    else:
+        path.write_text(SERVER + "#" * 2**20)
+        expected = "the config file is larger than 1 MiB; check the path (a config is a few KiB)"
+    rc, out, err = check(capsys, str(path))
+    assert (rc, out) == (EXIT_USAGE, "")
+    assert err.splitlines() == [f"{path}: {expected}", f"supervisor: 1 problem in {path}; nothing was started"]
+
+
+def test_a_backoff_that_never_gives_up_is_a_warning_not_an_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "metrics: {enabled: false}\nconsole: {enabled: false}\nservers:\n"
+        "  - {name: ok, handler: supervisor.handlers.echo:handle, port: 0, backoff: {max: 1s}}\n"
+        "  - {name: taken, handler: supervisor.handlers.echo:handle, port: 0, backoff: {max: 30s}}\n"
+    )
+    rc, out, err = check(capsys, str(path))
+    assert (rc, err) == (EXIT_OK, "")
+    assert out.splitlines()[-3:] == [
+        "warnings (the config is valid and runs as it is):",
+        f"{path}:5: servers[1].backoff: with this backoff at most 10 restarts fit in restart_window (60s), so more "
+        "than max_restarts (10) never happens and the supervisor would never give up on 'taken'; "
+        "lower backoff.max or raise restart_window above 72.99s",
+        f"{path}: OK, 2 server(s)",
+    ]
+
+
+def test_subprocess_deep_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(SERVER + "    options: {x: " + "[" * 5000 + "]" * 5000 + "}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{path}:5: servers[0].options.x…: nested more than 64 levels deep; flatten this value",
+        f"supervisor: 1 problem in {path}; nothing was started",
+    ]

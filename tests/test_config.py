@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
+import stat
+import sys
 import textwrap
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,7 +87,7 @@ def test_minimal_config_takes_every_default(tmp_path: Path) -> None:
     assert server.host == "127.0.0.1"
     assert server.restart == "permanent"
     assert server.on_handler_error == "log"
-    assert server.backoff == BackoffSpec(initial=0.1, factor=2.0, max=30.0, jitter=0.1, reset_after=10.0)
+    assert server.backoff == BackoffSpec(initial=0.1, factor=2.0, max=5.0, jitter=0.1, reset_after=10.0)
     assert server.shutdown_timeout == 5.0
     assert server.backlog == 1024
     assert server.after == ()
@@ -304,17 +311,17 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_a_directory_is_not_a_config(tmp_path: Path) -> None:
-    assert problems_of(tmp_path) == [f"{tmp_path}: cannot read the config file: Is a directory; check the path"]
+    assert problems_of(tmp_path) == [f"{tmp_path}: cannot read the config file: it is a directory; name a regular file"]
 
 
 def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, "servers: []\n")
 
-    def refuse(self: Path, *args: object, **kwargs: object) -> str:
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+    def refuse(name: object, *args: object, **kwargs: object) -> int:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(name))
 
-    # chmod 000 does not stop root, so make the read fail the way it would for anyone else
-    monkeypatch.setattr(Path, "read_text", refuse)
+    # chmod 000 does not stop root, so make the open fail the way it would for anyone else
+    monkeypatch.setattr(os, "open", refuse)
     assert problems_of(path) == [f"{path}: cannot read the config file: Permission denied; check the path"]
 
 
@@ -523,7 +530,7 @@ def test_duplicate_keys_everywhere(tmp_path: Path) -> None:
         ),
         (
             "backoff: {initial: 1m}",
-            "servers[0].backoff.max: expected a duration >= backoff.initial (60s), got 30s (the default)",
+            "servers[0].backoff.max: expected a duration >= backoff.initial (60s), got 5s (the default)",
         ),
         (
             "backoff: fast",
@@ -612,7 +619,7 @@ def test_handler_must_be_module_colon_attribute(tmp_path: Path, value: str) -> N
         ("supervisor: {restart_window: 0}", "supervisor.restart_window: expected a duration > 0, got 0"),
         (
             "supervisor: {restart_window: 1" + "0" * 400 + "}",
-            "supervisor.restart_window: expected a finite duration, got 1" + "0" * 400,
+            "supervisor.restart_window: expected a finite duration, got 1" + "0" * 79 + "…",  # clipped
         ),
         ("supervisor: {shutdown_timeout: 0s}", "supervisor.shutdown_timeout: expected a duration > 0, got '0s'"),
         ("supervisor: {loop: tokio}", "supervisor.loop: expected one of asyncio | uvloop, got 'tokio'"),
@@ -757,8 +764,7 @@ def test_problems_in_an_aliased_value_point_at_each_use(tmp_path: Path) -> None:
         ),
         (
             "options: &o {self: *o}",
-            "servers[0].options: expected a mapping of option names to values, got a mapping, which YAML cannot read "
-            "(found unconstructable recursive node)",
+            "servers[0].options: contains itself through an alias (*name inside &name); remove that alias",
         ),
         (
             "after: [!python/name:os.system x]",
@@ -792,3 +798,227 @@ def test_reading_goes_on_after_an_unconstructable_value(tmp_path: Path) -> None:
     assert len(problems) == 2
     assert problems[0].startswith(f"{path}:5: servers[0].options: ")
     assert problems[1] == f"{path}:10: servers[1].backlog: expected an integer 1-65535, got 'huge'"
+
+
+# -- hostile or broken input: bounded in depth, size, time and memory, and never a traceback -------------------------
+
+
+def bounded(run: Callable[[], str], seconds: float = 1.0, mib: float | None = 8.0) -> str:
+    """``run()``, asserting it took under ``seconds`` and ``mib`` MiB of memory at its peak (None: not traced)."""
+    if mib is None:
+        started = time.perf_counter()
+        result = run()
+        assert time.perf_counter() - started < seconds
+        return result
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        result = run()
+        elapsed, peak = time.perf_counter() - started, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert elapsed < seconds, f"took {elapsed:.2f}s"
+    assert peak < mib * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    return result
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["[" * 500 + "]" * 500, "{a: " * 500 + "1" + "}" * 500, "[{a: " * 250 + "1" + "}]" * 250],
+    ids=["lists", "mappings", "both"],
+)
+def test_deep_nesting_is_refused_before_it_is_built(tmp_path: Path, value: str) -> None:
+    # used to be a RecursionError traceback, exit 1
+    problem = bounded(lambda: one_problem(tmp_path, server_with(f"options: {{x: {value}}}")))
+    assert problem == "5: servers[0].options.x…: nested more than 64 levels deep; flatten this value"
+
+
+def test_deep_block_nesting_names_the_line(tmp_path: Path) -> None:
+    keys = "".join(f"{'  ' * (i + 3)}k{i}:\n" for i in range(100))
+    problem = one_problem(tmp_path, server_with(f"options:\n{keys}{'  ' * 103}1"))
+    assert problem == "66: servers[0].options.k0…: nested more than 64 levels deep; flatten this value"
+
+
+def test_deep_nesting_at_the_top_level(tmp_path: Path) -> None:
+    assert (
+        one_problem(tmp_path, "[" * 1000 + "]" * 1000)
+        == "1: [0][0][0][0]…: nested more than 64 levels deep; flatten this value"
+    )
+
+
+def test_nesting_up_to_the_bound_is_read(tmp_path: Path) -> None:
+    # the document's 64th level is the deepest read: root, servers, the entry, options, then 60 lists
+    value = "[" * 60 + "]" * 60
+    config = load_config(write(tmp_path, server_with(f"options: {{x: {value}}}")))
+    inner = config.servers[0].options["x"]
+    for _ in range(59):
+        (inner,) = inner
+    assert inner == []
+    assert one_problem(tmp_path, server_with(f"options: {{x: [{value}]}}")).endswith(
+        "nested more than 64 levels deep; flatten this value"
+    )
+
+
+def test_aliases_cannot_nest_deeper_than_the_bound(tmp_path: Path) -> None:
+    # each anchor is 40 levels deep and holds the one before: 800 levels once expanded, 42 as written
+    anchors = "".join(f"      k{i}: &x{i} {'[' * 40}{f'[*x{i - 1}]' if i else '[]'}{']' * 40}\n" for i in range(20))
+    problem = one_problem(tmp_path, server_with(f"options:\n{anchors}"))
+    assert problem == "5: servers[0].options: nested more than 64 levels deep (aliases expanded); flatten this value"
+
+
+def test_a_nearly_full_stack_is_a_problem_not_a_recursion_error(tmp_path: Path) -> None:
+    text = server_with(f"options: {{x: {'[' * 50}{']' * 50}}}")
+    frames, frame = 0, sys._getframe()
+    while frame.f_back is not None:
+        frames, frame = frames + 1, frame.f_back
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(frames + 90)  # room for the call, not for composing 55 levels
+    try:
+        with pytest.raises(ConfigError) as info:
+            parse_config(text, Path("deep.yaml"))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert info.value.problems[0].startswith("deep.yaml:5: nested too deeply for the YAML reader; ")
+
+
+def alias_bomb(levels: int, indent: str = "      - ") -> str:
+    """'Billion laughs': each anchor is a list of 9 aliases of the one before, so ``levels`` stand for 9**levels."""
+    items = ["&l0 [x, x, x, x, x, x, x, x, x]"]
+    items += [f"&l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return "".join(f"{indent}{item}\n" for item in items)
+
+
+@pytest.mark.parametrize("key", ["options", "after"])
+def test_an_alias_bomb_is_refused_before_it_is_built(tmp_path: Path, key: str) -> None:
+    # 7 levels (4.8 million values) used to be built and echoed in full: 28 MB of message, 80 MB, 0.7 s;
+    # 10 levels ran out of memory
+    problem = bounded(lambda: one_problem(tmp_path, server_with(f"{key}:\n{alias_bomb(7)}")))
+    assert problem == f"5: servers[0].{key}: holds more than 10000 values with its aliases expanded; make it smaller"
+
+
+def test_an_alias_bomb_is_refused_even_where_sharing_makes_it_cheap(tmp_path: Path) -> None:
+    # as mapping values the aliases are built once and shared, but a handler walking its options would not be
+    bomb = alias_bomb(10, indent="      ").replace("&l", "l_: &l").split("\n")
+    text = server_with("options:\n" + "\n".join(line.replace("l_", f"k{i}") for i, line in enumerate(bomb)))
+    problem = bounded(lambda: one_problem(tmp_path, text))
+    assert problem == "5: servers[0].options: holds more than 10000 values with its aliases expanded; make it smaller"
+
+
+def test_values_up_to_the_bound_are_read(tmp_path: Path) -> None:
+    # 1 mapping + 4 * 2 keys and lists + 4 * 1248 items = 5001 values with the aliases expanded
+    text = server_with(f"options: {{a: &l [{', '.join(['1'] * 1248)}], b: *l, c: *l, d: *l}}")
+    assert len(load_config(write(tmp_path, text)).servers[0].options["d"]) == 1248
+
+
+def test_a_value_containing_itself_is_refused(tmp_path: Path) -> None:
+    # a recursive list used to be built (and repr()'d as [[...]]); it cannot be meant
+    assert one_problem(tmp_path, server_with("after: &x [*x]")) == (
+        "5: servers[0].after: contains itself through an alias (*name inside &name); remove that alias"
+    )
+
+
+def test_echoed_values_are_clipped(tmp_path: Path) -> None:
+    # 1,000 aliases of one 10,000-character string: echoed in full, that was 10 MB in one line
+    text = server_with(f"options: [&s {'x' * 10_000}, {', '.join(['*s'] * 1000)}]")
+    problem = bounded(lambda: one_problem(tmp_path, text))
+    assert problem == f"5: servers[0].options: expected a mapping of option names to values, got ['{'x' * 78}…"
+    assert len(one_problem(tmp_path, server_with(f"name: {'n' * 5000}"))) < 200
+
+
+def test_an_integer_too_long_to_print_is_a_problem(tmp_path: Path) -> None:
+    # int's repr refuses 4,300+ digits: that ValueError used to escape from the message itself
+    assert one_problem(tmp_path, server_with(f"backlog: 0x{'f' * 6000}")) == (
+        "5: servers[0].backlog: expected an integer 1-65535, got an integer of 24000 bits"
+    )
+
+
+def test_keys_are_echoed_on_one_line(tmp_path: Path) -> None:
+    problem = one_problem(tmp_path, server_with('"zz\\nzz\\u2028": 1'))
+    assert problem.startswith("5: servers[0].zz\\nzz\\u2028: unknown key; ")
+    assert len(problem.splitlines()) == 1
+
+
+def test_problems_are_capped_at_100_lines(tmp_path: Path) -> None:
+    keys = "".join(f"    zz{i}: 1\n" for i in range(300))
+    path = write(tmp_path, server_with("backlog: 1") + keys)
+    problems = problems_of(path)
+    assert len(problems) == 100
+    assert problems[98].startswith(f"{path}:104: servers[0].zz98: unknown key; ")
+    assert problems[99] == f"{path}:105: and 201 more; fix these and check again"
+
+
+def test_a_file_of_too_many_values_is_refused(tmp_path: Path) -> None:
+    text = server_with(f"options: {{x: [{', '.join(['1'] * 60_000)}]}}")
+    problem = bounded(lambda: one_problem(tmp_path, text), seconds=5.0, mib=None)  # ~1 s: PyYAML is pure Python
+    assert problem == "5: the config holds more than 50000 values; it cannot be meant as one"
+
+
+def test_a_file_larger_than_1_mib_is_refused(tmp_path: Path) -> None:
+    config = server_with("backlog: 1")
+    path = write(tmp_path, config + "#" * (2**20 - len(config) - 1) + "\n")
+    assert path.stat().st_size == 2**20
+    assert load_config(path).servers[0].backlog == 1  # 1 MiB exactly is read
+    path.write_text(config + "#" * 2**20)
+    assert problems_of(path) == [
+        f"{path}: the config file is larger than 1 MiB; check the path (a config is a few KiB)"
+    ]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_dev_zero_is_not_a_config(tmp_path: Path) -> None:
+    # used to read until MemoryError
+    expected = "cannot read the config file: it is a character device; name a regular file"
+    assert problems_of(Path("/dev/zero")) == [f"/dev/zero: {expected}"]
+    (tmp_path / "link.yaml").symlink_to("/dev/zero")
+    assert problems_of(tmp_path / "link.yaml") == [f"{tmp_path / 'link.yaml'}: {expected}"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    # opening a pipe for reading used to block until something wrote to it: forever, for `check`
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+    def unblock() -> None:  # if the reader does block, let it go after 2 s so the test fails instead of hanging
+        time.sleep(2)
+        with contextlib.suppress(OSError):  # ENXIO: no reader waiting, as it should be
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=unblock, daemon=True).start()
+    started = time.perf_counter()
+    assert problems_of(fifo) == [f"{fifo}: cannot read the config file: it is a named pipe; name a regular file"]
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("name", '"echo\\n"', "expected a name of letters, digits, '_', '.', '-' (at most 63), got 'echo\\n'"),
+        ("handler", f'"{ECHO}\\n"', f"expected 'module:attribute', e.g. {ECHO}, got '{ECHO}\\n'"),
+        ("handler", "pkg..mod:make", f"expected 'module:attribute', e.g. {ECHO}, got 'pkg..mod:make'"),
+        ("host", '"127.0.0.1\\n"', "expected a host name or IP address such as 127.0.0.1, got '127.0.0.1\\n'"),
+        ("host", '"a\\tb"', "expected a host name or IP address such as 127.0.0.1, got 'a\\tb'"),
+        ("host", "h" * 254, f"expected a host name or IP address such as 127.0.0.1, got '{'h' * 79}…"),
+    ],
+    ids=["name-newline", "handler-newline", "handler-empty-part", "host-newline", "host-tab", "host-too-long"],
+)
+def test_a_trailing_newline_or_control_character_is_not_a_value(
+    tmp_path: Path, key: str, value: str, expected: str
+) -> None:
+    # the patterns ended in "$", which also matches before a trailing newline: 'echo\n' was a valid name
+    fields = {"name": "echo", "handler": ECHO, "port": "1", key: value}
+    text = "servers:\n  - " + "\n    ".join(f"{k}: {v}" for k, v in fields.items()) + "\n"
+    assert one_problem(tmp_path, text) == f"{2 + list(fields).index(key)}: servers[0].{key}: {expected}"
+
+
+def test_durations_and_sizes_still_allow_surrounding_spaces(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, server_with('shutdown_timeout: " 2s\\n"\n    read_limit: "8KiB\\n"')))
+    assert (config.servers[0].shutdown_timeout, config.servers[0].read_limit) == (2.0, 8192)
+
+
+def test_a_size_of_thousands_of_digits_is_a_problem_not_a_python_limit(tmp_path: Path) -> None:
+    # int() refuses 4,300+ digits: its own message ("Exceeds the limit ...") used to be the problem's text
+    assert one_problem(tmp_path, server_with(f"read_limit: {'1' * 5000}KiB")) == (
+        f"5: servers[0].read_limit: expected a size like 65536, 64KiB or 8MiB, got '{'1' * 79}…"
+    )

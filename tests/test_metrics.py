@@ -166,9 +166,10 @@ async def test_healthz_and_readyz(tmp_path: Path) -> None:
         """
         metrics: {port: 0}
         servers:
-          - {name: alpha, handler: "tests.apps:lines", port: 0, on_handler_error: restart, backoff: {initial: 30s}}
+          - {name: alpha, handler: "tests.apps:lines", port: 0, on_handler_error: restart,
+             backoff: {initial: 30s, max: 30s}}
           - {name: beta, handler: "tests.apps:lines", port: 0, restart: transient, on_handler_error: restart,
-             backoff: {initial: 30s}}
+             backoff: {initial: 30s, max: 30s}}
         """,
     )
     async with _serving(plan) as (sup, server):

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import re
+import socket
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from supervisor.config import Config, MetricsSpec, ServerSpec, load_config
+from supervisor import plan as plan_module
+from supervisor.config import BackoffSpec, Config, MetricsSpec, ServerSpec, SupervisorSpec, load_config
 from supervisor.errors import ConfigError
 from supervisor.handlers import chat, echo, http
 from supervisor.plan import Plan, make_plan
+from supervisor.restart import Backoff, Intensity
 
 PROD = Path(__file__).resolve().parents[1] / "configs" / "prod.yaml"
 ECHO = "supervisor.handlers.echo:handle"
@@ -93,7 +100,7 @@ def test_prod_config_loads_and_plans() -> None:
     assert by_name["echo"].direct is True
     assert by_name["http"].target is http.make
     assert by_name["http"].direct is False
-    assert by_name["http"].options == {"body": "hello from supervisor\n"}
+    assert by_name["http"].options["body"] == "hello from supervisor\n"
     assert by_name["chat"].target is chat.room
     assert by_name["chat"].direct is False
     assert (by_name["echo"].host, by_name["echo"].port) == ("127.0.0.1", 8888)
@@ -104,11 +111,11 @@ def test_prod_config_loads_and_plans() -> None:
 
 
 def test_prod_table() -> None:
-    assert make_plan(load_config(PROD)).table() == [
-        "#  server  address         restart    on_error  backoff         drain  after  handler",
-        "1  echo    127.0.0.1:8888  permanent  log       0.1s x2 <= 30s  5s     -      supervisor.handlers.echo:handle",
-        "2  http    127.0.0.1:8080  permanent  log       0.1s x2 <= 30s  10s    -      supervisor.handlers.http:make",
-        "3  chat    127.0.0.1:7777  permanent  log       0.1s x2 <= 30s  5s     echo   supervisor.handlers.chat:room",
+    assert make_plan(load_config(PROD)).table()[:7] == [
+        "#  server  address         restart    on_error  backoff        drain  after  handler",
+        "1  echo    127.0.0.1:8888  permanent  log       0.1s x2 <= 5s  5s     -      supervisor.handlers.echo:handle",
+        "2  http    127.0.0.1:8080  permanent  log       0.1s x2 <= 5s  10s    -      supervisor.handlers.http:make",
+        "3  chat    127.0.0.1:7777  permanent  log       0.1s x2 <= 5s  5s     echo   supervisor.handlers.chat:room",
         "strategy one_for_one, at most 10 restarts in 60s, shutdown within 30s, loop asyncio",
         "metrics http://127.0.0.1:9100/metrics",
         "console telnet 127.0.0.1 20101",
@@ -123,7 +130,7 @@ def test_table_with_metrics_and_console_off(tmp_path: Path) -> None:
     assert lines[1].split()[:2] == ["1", "b"]
     assert lines[2].split()[:2] == ["2", "a"]
     assert lines[2].split()[-2] == "b"
-    assert lines[-2:] == ["metrics off", "console off"]
+    assert lines[4:6] == ["metrics off", "console off"]
 
 
 # -- start order ----------------------------------------------------------------------------------------------------
@@ -557,3 +564,309 @@ def test_the_repl_port_is_claimed_when_the_repl_is_on(tmp_path: Path) -> None:
         "pick another port"
     )
     assert [s.port for s in plan_of(tmp_path, text.replace("repl: true", "repl: false")).servers] == [20103]
+
+
+# -- hosts: resolved at plan time, and compared by address ----------------------------------------------------------
+
+
+def first_address(host: str) -> str:
+    """The address a listener binds for ``host`` (the first getaddrinfo answer), as the plan compares them."""
+    return str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][4][0])
+
+
+def test_a_host_that_does_not_resolve(tmp_path: Path) -> None:
+    # passed check, then failed at bind time in `run` (.invalid never resolves: RFC 6761)
+    (problem,) = problems_of(tmp_path, servers(f"name: a, handler: '{ECHO}', host: no-such-host.invalid, port: 0"))
+    assert re.fullmatch(
+        r"4: servers\[0\]\.host: cannot resolve host 'no-such-host\.invalid' \(.+\); "
+        r"use an IP address, or a name this machine resolves",
+        problem,
+    ), problem
+
+
+def test_metrics_and_console_hosts_are_resolved_too(tmp_path: Path) -> None:
+    text = f"""
+        metrics: {{host: nope.invalid}}
+        console: {{host: nope2.invalid, allow_remote: true}}
+        servers:
+          - {{name: a, handler: '{ECHO}', host: '[::1]', port: 1}}
+        """
+    problems = [p.split(" (")[0] for p in problems_of(tmp_path, text)]
+    assert problems == [
+        "1: metrics.host: cannot resolve host 'nope.invalid'",
+        "2: console.host: cannot resolve host 'nope2.invalid'",
+        "4: servers[0].host: cannot resolve host '[::1]'",
+    ]
+    assert problems_of(tmp_path, text)[2].endswith(
+        "; write an IPv6 address without brackets, or a name this machine resolves"
+    )
+
+
+def test_a_slow_resolver_cannot_hang_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def stuck(*args: object, **kwargs: object) -> object:
+        time.sleep(5)
+        raise OSError("too late")
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    monkeypatch.setattr(plan_module, "RESOLVE_TIMEOUT", 0.2)
+    started = time.monotonic()
+    text = servers(*(f"name: s{i}, handler: '{ECHO}', host: slow{i}.example, port: 0" for i in range(3)))
+    problems = problems_of(tmp_path, text)
+    assert time.monotonic() - started < 1.0  # the names are looked up together, within the one timeout
+    assert problems == [
+        f"{4 + i}: servers[{i}].host: cannot resolve host 'slow{i}.example' (no answer within 0.2s); "
+        "use an IP address, or a name this machine resolves"
+        for i in range(3)
+    ]
+
+
+def test_the_same_address_written_two_ways_clashes(tmp_path: Path) -> None:
+    ip = first_address("localhost")
+    assert problems_of(
+        tmp_path,
+        servers(
+            f"name: a, handler: '{ECHO}', host: '{ip}', port: 8000",
+            f"name: b, handler: '{ECHO}', host: localhost, port: 8000",
+        ),
+    ) == [
+        f"5: servers[1].port: localhost:8000 is already used by server 'a' (as {ip}:8000; both are {ip}); "
+        "pick another port"
+    ]
+
+
+def test_ipv6_spellings_clash(tmp_path: Path) -> None:
+    assert problems_of(
+        tmp_path,
+        servers(
+            f"name: a, handler: '{ECHO}', host: '::1', port: 8000",
+            f"name: b, handler: '{ECHO}', host: '0:0:0:0:0:0:0:1', port: 8000",
+        ),
+    ) == [
+        "5: servers[1].port: 0:0:0:0:0:0:0:1:8000 is already used by server 'a' (as ::1:8000; both are ::1); "
+        "pick another port"
+    ]
+
+
+def test_metrics_on_localhost_clashes_with_a_server_on_its_address(tmp_path: Path) -> None:
+    ip = first_address("localhost")
+    text = f"""
+        metrics: {{host: localhost, port: 9100}}
+        console: {{enabled: false}}
+        servers:
+          - {{name: a, handler: '{ECHO}', host: '{ip}', port: 9100}}
+          - {{name: b, handler: '{ECHO}', host: localhost, port: 0}}
+          - {{name: c, handler: '{ECHO}', host: localhost, port: 0}}
+        """
+    assert problems_of(tmp_path, text) == [
+        f"4: servers[0].port: {ip}:9100 is already used by metrics (as localhost:9100; both are {ip}); "
+        "pick another port"
+    ]
+
+
+def test_a_wildcard_clashes_with_a_name_on_its_port(tmp_path: Path) -> None:
+    assert problems_of(
+        tmp_path,
+        servers(
+            f"name: a, handler: '{ECHO}', host: localhost, port: 8000",
+            f"name: b, handler: '{ECHO}', host: 0.0.0.0, port: 8000",
+        ),
+    ) == ["5: servers[1].port: 0.0.0.0:8000 is already used by server 'a'; pick another port"]
+
+
+# -- handlers: called the way the server will call them -------------------------------------------------------------
+
+
+SHAPES = """
+    import asyncio
+
+    async def handle(reader, writer):
+        writer.close()
+
+    async def three(reader, writer, extra):
+        pass
+
+    def make(options):
+        return handle
+
+    def nothing():
+        return handle
+
+    def needs_a_keyword(options, *, key):
+        return handle
+
+    def keyword_extra(options, *, extra=1):
+        return handle
+
+    class Plain:
+        def __init__(self, options):
+            self.options = options
+
+    class Lifespan:
+        def __init__(self, options):
+            pass
+
+        async def __aenter__(self):
+            return handle
+
+        async def __aexit__(self, *exc):
+            return None
+
+    class Connection:
+        def __init__(self, options):
+            pass
+
+        async def __call__(self, reader, writer):
+            writer.close()
+
+    class SyncCall:
+        def __init__(self, options):
+            pass
+
+        def __call__(self, reader, writer):
+            writer.close()
+
+    class LifespanWithoutOptions:
+        async def __aenter__(self):
+            return handle
+
+        async def __aexit__(self, *exc):
+            return None
+
+    handler_object = Connection({})
+"""
+NOT_A_FACTORY_CLASS = (
+    "is a class, so it is used as a factory, but its instances are neither async context managers nor have an "
+    "async def __call__(self, reader, writer); add one of those, or name a function"
+)
+
+
+@pytest.mark.parametrize(
+    ("attr", "problem"),
+    [
+        ("Plain", NOT_A_FACTORY_CLASS),
+        ("SyncCall", NOT_A_FACTORY_CLASS),
+        (
+            "LifespanWithoutOptions",
+            "is a class, so it is called with the server's options, but it cannot take them (its signature is ()); "
+            "give its __init__ an options parameter",
+        ),
+        (
+            "nothing",
+            "is called with one argument, the server's options, but cannot take it (its signature is ()); "
+            "make it def make(options) (a factory) or async def handle(reader, writer)",
+        ),
+        (
+            "needs_a_keyword",
+            "is called with one argument, the server's options, but cannot take it (its signature is "
+            "(options, *, key)); make it def make(options) (a factory) or async def handle(reader, writer)",
+        ),
+        (
+            "handler_object",
+            "is called with one argument, the server's options, but cannot take it (its signature is "
+            "(reader, writer)); make it def make(options) (a factory) or async def handle(reader, writer)",
+        ),
+        ("three", "cannot take (reader, writer) (its signature is (reader, writer, extra)); fix its parameters"),
+    ],
+)
+def test_a_handler_that_cannot_be_called_so_is_a_problem(
+    tmp_path: Path, module: Callable[[str], str], attr: str, problem: str
+) -> None:
+    # each passed check, then failed in `run`, at every start or on every connection
+    name = module(SHAPES)
+    assert problems_of(tmp_path, servers(f"name: a, handler: '{name}:{attr}', port: 1")) == [
+        f"4: servers[0].handler: '{name}:{attr}' {problem}"
+    ]
+
+
+def test_handlers_the_server_can_call(tmp_path: Path, module: Callable[[str], str]) -> None:
+    name = module(SHAPES)
+    attrs = ["handle", "make", "keyword_extra", "Lifespan", "Connection"]
+    plan = plan_of(tmp_path, servers(*(f"name: {a}, handler: '{name}:{a}', port: 0" for a in attrs)))
+    assert [(s.name, s.direct) for s in plan.servers] == [(a, a == "handle") for a in attrs]
+
+
+# -- warnings: valid, but the supervisor would never give up -----------------------------------------------------------
+
+
+def warnings_of(tmp_path: Path, text: str) -> list[str]:
+    path = write(tmp_path, text)
+    warnings = make_plan(load_config(path)).warnings
+    for warning in warnings:
+        assert warning.startswith(f"{path}:"), warning
+    return [w.removeprefix(f"{path}:") for w in warnings]
+
+
+def test_a_backoff_too_slow_for_the_restart_window_is_a_warning(tmp_path: Path) -> None:
+    # max 30 s: 0.09 + 0.18 + ... + 23.04 + 27 s (jitter at its low end) = 73 s for 10 restarts, over 60 s
+    text = servers(
+        f"name: fits, handler: '{ECHO}', port: 0, backoff: {{max: 2s}}",
+        f"name: taken, handler: '{ECHO}', port: 0, backoff: {{max: 30s}}",
+        f"name: slow, handler: '{ECHO}', port: 0, backoff: {{initial: 10s, max: 10s, jitter: 0}}",
+        f"name: once, handler: '{ECHO}', port: 0, backoff: {{initial: 1m, max: 1m}}, restart: temporary",
+    )
+    assert warnings_of(tmp_path, text) == [
+        "5: servers[1].backoff: with this backoff at most 10 restarts fit in restart_window (60s), so more than "
+        "max_restarts (10) never happens and the supervisor would never give up on 'taken'; "
+        "lower backoff.max or raise restart_window above 72.99s",
+        "6: servers[2].backoff: with this backoff at most 6 restarts fit in restart_window (60s), so more than "
+        "max_restarts (10) never happens and the supervisor would never give up on 'slow'; "
+        "lower backoff.max or raise restart_window above 100s",
+    ]
+
+
+def test_the_warning_is_in_the_table(tmp_path: Path) -> None:
+    path = write(tmp_path, servers(f"name: taken, handler: '{ECHO}', port: 0, backoff: {{max: 30s}}"))
+    lines = make_plan(load_config(path)).table()
+    assert lines[-2:] == [
+        "warnings (the config is valid and runs as it is):",
+        f"{path}:4: servers[0].backoff: with this backoff at most 10 restarts fit in restart_window (60s), so more "
+        "than max_restarts (10) never happens and the supervisor would never give up on 'taken'; "
+        "lower backoff.max or raise restart_window above 72.99s",
+    ]
+
+
+@pytest.mark.parametrize(
+    "supervisor",
+    ["{max_restarts: 0}", "{restart_window: 2m}", "{max_restarts: 3}", "{max_restarts: 1000000, restart_window: 1h}"],
+)
+def test_no_warning_when_the_give_up_rule_can_be_reached(tmp_path: Path, supervisor: str) -> None:
+    text = f"supervisor: {supervisor}\n" + servers(
+        f"name: a, handler: '{ECHO}', port: 0",
+        f"name: b, handler: '{ECHO}', port: 0, backoff: {{initial: 0}}",
+        f"name: c, handler: '{ECHO}', port: 0, backoff: {{jitter: 1}}",
+    )
+    expected = ["servers[0]"] if "1000000" in supervisor else []
+    assert [w.split(".backoff")[0].split(": ")[1] for w in warnings_of(tmp_path, text)] == expected
+
+
+def gives_up(backoff: BackoffSpec, max_restarts: int, window: float) -> bool:
+    """Whether the supervisor's own rule gives up on a server failing as soon as it starts, delays at their shortest."""
+    now = [0.0]
+    delays = Backoff(backoff, rand=lambda: 0.0)
+    intensity = Intensity(max_restarts, window, lambda: now[0])
+    for _ in range(max_restarts + 1):  # the delays never shrink, so the first window is the fullest
+        if not intensity.record():
+            return True
+        now[0] += delays.next_delay(0.0)
+    return False
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    initial=st.floats(0.001, 60),
+    factor=st.floats(1, 10),
+    top=st.floats(1, 1000),
+    jitter=st.floats(0, 0.99),
+    reset_after=st.sampled_from([0.0, 10.0]),
+    max_restarts=st.integers(0, 60),
+    window=st.floats(0.01, 3600),
+)
+def test_the_warning_agrees_with_the_restart_policy(
+    initial: float, factor: float, top: float, jitter: float, reset_after: float, max_restarts: int, window: float
+) -> None:
+    backoff = BackoffSpec(initial=initial, factor=factor, max=initial * top, jitter=jitter, reset_after=reset_after)
+    span = plan_module._shortest_delays(backoff, max_restarts)
+    assume(abs(span - window) > 1e-9 * window)  # a restart exactly on the window's edge: float rounding decides
+    spec = ServerSpec(name="s", handler=ECHO, port=0, backoff=backoff)
+    warned = plan_module._never_gives_up(spec, SupervisorSpec(max_restarts=max_restarts, restart_window=window))
+    assert (warned is None) == gives_up(backoff, max_restarts, window)

@@ -64,7 +64,7 @@ def test_schedule_doubles_up_to_max() -> None:
 
 def test_default_schedule() -> None:
     backoff = Backoff(BackoffSpec(), rand=NO_JITTER)
-    assert delays(backoff, 10) == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0], rel=1e-12)
+    assert delays(backoff, 10) == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0, 5.0], rel=1e-12)
 
 
 def test_other_factor() -> None:
