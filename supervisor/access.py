@@ -8,8 +8,8 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 
-from supervisor.config import ConsoleSpec
 from supervisor.errors import ViewError
+from supervisor.spec import ConsoleSpec
 
 
 def console_ports(spec: ConsoleSpec) -> list[tuple[int, str]]:

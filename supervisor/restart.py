@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from supervisor.config import BackoffSpec
 from supervisor.plan import ServerPlan
+from supervisor.spec import BackoffSpec
 
 Clock = Callable[[], float]
 

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Sequence
 
 from supervisor.child import Child
-from supervisor.config import SupervisorSpec
 from supervisor.generation import CANCEL_GRACE
+from supervisor.spec import SupervisorSpec
 from supervisor.state import ChildState
 
 LOGGER = logging.getLogger("supervisor")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 
 from supervisor.access import remote_console_problem
-from supervisor.config import Config
 from supervisor.plan import Plan
+from supervisor.spec import Config
 from supervisor.tree import View
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from supervisor import plan as plan_module
+from supervisor import plan_checks
 from supervisor.config import BackoffSpec, Config, MetricsSpec, ServerSpec, SupervisorSpec, load_config
 from supervisor.errors import ConfigError
 from supervisor.handlers import chat, echo, http
@@ -318,8 +318,8 @@ def test_server_port_taken_by_metrics_or_console(tmp_path: Path) -> None:
         """
     assert problems_of(tmp_path, text) == [
         "4: servers[0].port: 127.0.0.1:9100 is already used by metrics; pick another port",
-        "5: servers[1].port: 127.0.0.1:20101 is already used by the console; pick another port",
-        "6: servers[2].port: 127.0.0.1:20102 is already used by the console's web UI (console.port + 1); "
+        "5: servers[1].port: 127.0.0.1:20101 is already used by the console (telnet, console.port); pick another port",
+        "6: servers[2].port: 127.0.0.1:20102 is already used by the console (web UI, console.port + 1); "
         "pick another port",
     ]
 
@@ -354,7 +354,7 @@ def test_disabled_metrics_and_console_claim_nothing(tmp_path: Path) -> None:
 def test_default_ports_of_metrics_and_console_are_located_at_the_top(tmp_path: Path) -> None:
     text = f"servers:\n  - {{name: a, handler: '{ECHO}', port: 20101}}\n"
     assert problems_of(tmp_path, text) == [
-        "2: servers[0].port: 127.0.0.1:20101 is already used by the console; pick another port"
+        "2: servers[0].port: 127.0.0.1:20101 is already used by the console (telnet, console.port); pick another port"
     ]
     config = load_config(tmp_path / "supervisor.yaml")
     assert str(config.where("console.port")) == f"{tmp_path / 'supervisor.yaml'}:1: console.port"
@@ -560,7 +560,7 @@ def test_the_repl_port_is_claimed_when_the_repl_is_on(tmp_path: Path) -> None:
         """
     (problem,) = problems_of(tmp_path, text)
     assert problem.endswith(
-        "servers[0].port: 127.0.0.1:20103 is already used by the console's Python REPL (console.port + 2); "
+        "servers[0].port: 127.0.0.1:20103 is already used by the console (Python REPL, console.port + 2); "
         "pick another port"
     )
     assert [s.port for s in plan_of(tmp_path, text.replace("repl: true", "repl: false")).servers] == [20103]
@@ -608,7 +608,7 @@ def test_a_slow_resolver_cannot_hang_the_plan(tmp_path: Path, monkeypatch: pytes
         raise OSError("too late")
 
     monkeypatch.setattr(socket, "getaddrinfo", stuck)
-    monkeypatch.setattr(plan_module, "RESOLVE_TIMEOUT", 0.2)
+    monkeypatch.setattr(plan_checks, "RESOLVE_TIMEOUT", 0.2)
     started = time.monotonic()
     text = servers(*(f"name: s{i}, handler: '{ECHO}', host: slow{i}.example, port: 0" for i in range(3)))
     problems = problems_of(tmp_path, text)
@@ -865,8 +865,8 @@ def test_the_warning_agrees_with_the_restart_policy(
     initial: float, factor: float, top: float, jitter: float, reset_after: float, max_restarts: int, window: float
 ) -> None:
     backoff = BackoffSpec(initial=initial, factor=factor, max=initial * top, jitter=jitter, reset_after=reset_after)
-    span = plan_module._shortest_delays(backoff, max_restarts)
+    span = plan_checks.shortest_delays(backoff, max_restarts)
     assume(abs(span - window) > 1e-9 * window)  # a restart exactly on the window's edge: float rounding decides
     spec = ServerSpec(name="s", handler=ECHO, port=0, backoff=backoff)
-    warned = plan_module._never_gives_up(spec, SupervisorSpec(max_restarts=max_restarts, restart_window=window))
+    warned = plan_checks.never_gives_up(spec, SupervisorSpec(max_restarts=max_restarts, restart_window=window))
     assert (warned is None) == gives_up(backoff, max_restarts, window)

@@ -20,8 +20,8 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from supervisor.config import parse_size
 from supervisor.handler import Handler, current_server
+from supervisor.values import parse_size
 
 LOGGER = logging.getLogger("supervisor.chat")
 GOODBYE = b"* server shutting down, goodbye\n"

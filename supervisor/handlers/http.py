@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from supervisor.config import parse_duration
 from supervisor.handler import Handler
+from supervisor.values import parse_duration
 
 MAX_SLEEP = 60.0
 HEADER_TIMEOUT = 10.0  # seconds (option header_timeout)
