@@ -169,8 +169,8 @@ class BoundedWriter(asyncio.StreamWriter):
             return
         transport = self._transport  # type: ignore[attr-defined]
         transport.writelines(data)
-        if self._protocol._paused:  # type: ignore[attr-defined]
-            self._check(transport)
+        # always checked: 3.12.1's selector transport never pauses the protocol from writelines()
+        self._check(transport)
 
     def _check(self, transport: asyncio.WriteTransport) -> None:
         if transport.get_write_buffer_size() > self.limit:

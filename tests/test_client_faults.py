@@ -177,10 +177,12 @@ async def test_idle_timeout_does_not_count_the_handlers_own_time(tmp_path: Path)
 async def test_max_write_buffer_below_the_high_water_mark_and_with_writelines(tmp_path: Path, cmd: bytes) -> None:
     async with running(plan(tmp_path, ", max_write_buffer: 16KiB")) as sup:
         _, writer = await asyncio.open_connection("127.0.0.1", port_of(sup, "s"))
-        writer.transport.pause_reading()  # type: ignore[attr-defined]
-        writer.write(cmd + b"\n")
-        await eventually(lambda: sup.children[0].stats.client_errors["write_buffer"] == 1)
-        writer.transport.abort()
+        try:
+            writer.transport.pause_reading()  # type: ignore[attr-defined]
+            writer.write(cmd + b"\n")
+            await eventually(lambda: sup.children[0].stats.client_errors["write_buffer"] == 1)
+        finally:
+            writer.transport.abort()
         await undisturbed(sup)
 
 
