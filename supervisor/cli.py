@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from supervisor import __version__
-from supervisor.commands import ACTIONS, Command
+from supervisor.commands import ACTIONS, Result, parse
 from supervisor.config import load_config
 from supervisor.errors import ConfigError, GaveUp, SupervisorError
 from supervisor.plan import Plan, make_plan
@@ -190,12 +190,8 @@ def run_ctl(args: argparse.Namespace) -> int:
     """``supervisor ctl``: 0 when the command succeeded, 1 when it failed or no console answered, 2 on usage."""
     from supervisor import ctl
 
-    command = Command(args.action)
-    if command.needs_name and not args.name:
-        print(f"supervisor ctl: '{command}' needs a server name, e.g. supervisor ctl {command} echo", file=sys.stderr)
-        return EXIT_USAGE
-    if not command.needs_name and args.name:
-        print(f"supervisor ctl: '{command}' takes no server name", file=sys.stderr)
+    if isinstance(bad := parse(args.action, args.name, typed_as="supervisor ctl "), Result):
+        print(f"supervisor ctl: {bad.text}", file=sys.stderr)
         return EXIT_USAGE
     host, port = ctl.DEFAULT_HOST, ctl.DEFAULT_PORT
     if args.config:

@@ -42,14 +42,15 @@ class Result:
     text: str
 
 
-def parse(action: str, name: str | None) -> Command | Result:
-    """The command, or a failed Result saying what is wrong with the request."""
+def parse(action: str, name: str | None, *, typed_as: str = "") -> Command | Result:
+    """The command, or a failed Result saying what is wrong with the request (``typed_as``: how the example
+    in the message begins, e.g. ``supervisor ctl ``)."""
     try:
         command = Command(action)
     except ValueError:
         return Result(False, f"unknown action '{action}'; expected one of: {', '.join(ACTIONS)}")
     if command.needs_name and not name:
-        return Result(False, f"'{command}' needs a server name, e.g. {command} echo")
+        return Result(False, f"'{command}' needs a server name, e.g. {typed_as}{command} echo")
     if not command.needs_name and name:
         return Result(False, f"'{command}' takes no server name")
     return command

@@ -1,4 +1,4 @@
-"""The live connections of one generation: which handler task serves which reader and writer.
+"""The live connections of one generation: which handler task serves which reader and writer, and their drain.
 
 Why we track connections ourselves: ``Server.wait_closed()`` returns at once on 3.11 and uvloop, waits forever
 for idle clients on 3.12+, and ``close_clients()`` exists only on 3.13 (not on uvloop).
@@ -7,13 +7,23 @@ for idle clients on 3.12+, and ``close_clients()`` exists only on 3.13 (not on u
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from supervisor.streams import Reader
+from supervisor.state import ServerStats
+from supervisor.streams import FRESH_WINDOW, Reader
+
+LOGGER = logging.getLogger("supervisor")
+
+# After cancelling leftover handlers, how long they may take to unwind before we abandon them.
+CANCEL_GRACE = 1.0
 
 
 class Connections:
-    def __init__(self) -> None:
+    def __init__(self, server: str, generation: int, stats: ServerStats) -> None:
+        self._server = server
+        self._generation = generation
+        self._stats = stats
         self._by_task: dict[asyncio.Task[Any], tuple[Reader, asyncio.StreamWriter]] = {}
         self.empty = asyncio.Event()
         self.empty.set()
@@ -44,6 +54,38 @@ class Connections:
         for task, (_, writer) in list(self._by_task.items()):
             task.cancel()
             writer.transport.abort()
+
+    async def drain(self, budget: float, force: asyncio.Future[None], *, spare_fresh: bool) -> None:
+        """Idle connections read EOF; busy ones get ``budget`` seconds (cut by ``force``); the rest are cancelled.
+
+        At a restart (``spare_fresh``) a connection just accepted is given FRESH_WINDOW to send its first request,
+        then looked at again.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.end_idle()
+        recheck = loop.call_later(FRESH_WINDOW, self.end_idle) if spare_fresh else None
+        try:
+            if self and not force.done():
+                empty = asyncio.ensure_future(self.empty.wait())
+                try:
+                    await asyncio.wait((empty, force), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    empty.cancel()
+        finally:
+            if recheck is not None:
+                recheck.cancel()
+        if self:
+            why = "skipped (second stop request)" if force.done() else f"budget {budget:.1f}s used up"
+            LOGGER.warning(
+                "server %s: drain %s, cancelling %d connection(s) of generation %d: %s",
+                self._server, why, len(self), self._generation, self.peers(),
+            )  # fmt: skip
+            self._stats.drain_cancelled += len(self)
+            tasks = self.tasks()
+            self.cancel_all()
+            await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+        self._stats.last_drain_seconds = loop.time() - started
 
     def peers(self, shown: int = 5) -> str:
         """The first few peers, for a log line: ``127.0.0.1:5001, 127.0.0.1:5002 and 3 more``."""

@@ -24,13 +24,11 @@ from supervisor.handler import Handler, ServerContext, open_handler, set_current
 from supervisor.listener import Listener
 from supervisor.plan import ServerPlan
 from supervisor.state import ServerStats
-from supervisor.streams import FRESH_WINDOW, Reader, bound_writer, client_fault
+from supervisor.streams import Reader, bound_writer, client_fault
 from supervisor.throttle import folded
 
 LOGGER = logging.getLogger("supervisor")
 
-# After cancelling leftover handlers, how long they may take to unwind before we abandon them.
-CANCEL_GRACE = 1.0
 # The least time a lifespan gets to exit, even when the drain used the whole budget.
 EXIT_GRACE = 1.0
 
@@ -55,7 +53,7 @@ class Generation:
         self.ready: asyncio.Future[Address] = loop.create_future()
         self.task: asyncio.Task[None] | None = None
         self.spare_fresh = False  # a restart's drain: see streams.Reader
-        self.conns = Connections()
+        self.conns = Connections(plan.name, number, stats)
         self._listener = listener
         self._force = force
         self._on_end = on_end
@@ -152,7 +150,8 @@ class Generation:
             if self._stop.done() or self._force.done():
                 return None
             raise StartTimeout(
-                f"the lifespan did not finish entering within {self.plan.start_timeout:g}s (start_timeout)"
+                f"the lifespan did not finish entering within {self.plan.start_timeout:g}s; raise start_timeout, "
+                "or find what its setup waits for (`supervisor ctl status`, the console's `where`)"
             ) from None
 
     async def _serve_and_drain(self, handler: Handler) -> None:
@@ -168,7 +167,8 @@ class Generation:
         loop = asyncio.get_running_loop()
         budget = await self._drain_budget
         self._exit_by = loop.time() + budget
-        await self._drain(budget)
+        self.ctx.draining.set()  # draining starts now, not at the stop: at shutdown each server waits its turn
+        await self.conns.drain(budget, self._force, spare_fresh=self.spare_fresh)
 
     async def _exit(self, lifespan: AbstractAsyncContextManager[Handler], exc: BaseException | None) -> bool:
         """Exit the lifespan within what is left of the budget; True if it suppressed ``exc``."""
@@ -254,7 +254,8 @@ class Generation:
         except (ConnectionError, OSError):
             pass  # the client went away while we flushed
         finally:
-            reader.disarm()
+            if plan.idle_timeout:
+                reader.disarm()
             conns.remove(task)
             stats.active -= 1
             stats.observe_duration(loop.time() - started)
@@ -277,52 +278,3 @@ class Generation:
             LOGGER.warning(
                 "server %s: handler error, connection closed: %r%s", self.plan.name, exc, folded(more), exc_info=exc
             )
-
-    async def _drain(self, budget: float) -> None:
-        """Idle connections read EOF; busy ones get ``budget`` seconds; then the rest are cancelled."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        # Draining starts now, not at the stop: at shutdown each server waits for its turn.
-        self.ctx.draining.set()
-        conns = self.conns
-        conns.end_idle()
-        recheck = loop.call_later(FRESH_WINDOW, conns.end_idle) if self.spare_fresh else None
-        try:
-            if conns and not self._force.done():
-                empty = asyncio.ensure_future(conns.empty.wait())
-                try:
-                    await asyncio.wait((empty, self._force), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    empty.cancel()
-        finally:
-            if recheck is not None:
-                recheck.cancel()
-        if conns:
-            why = "skipped (second stop request)" if self._force.done() else f"budget {budget:.1f}s used up"
-            LOGGER.warning(
-                "server %s: drain %s, cancelling %d connection(s) of generation %d: %s",
-                self.plan.name, why, len(conns), self.number, conns.peers(),
-            )  # fmt: skip
-            self.stats.drain_cancelled += len(conns)
-            tasks = conns.tasks()
-            conns.cancel_all()
-            await asyncio.wait(tasks, timeout=CANCEL_GRACE)
-        self.stats.last_drain_seconds = loop.time() - started
-
-
-def describe(reason: Reason) -> str:
-    """One line for a log or the status table: ``RuntimeError: crash requested``."""
-    if reason is None:
-        return "stopped unexpectedly"
-    if isinstance(reason, BaseExceptionGroup):
-        # a TaskGroup in a lifespan wraps the real error: name the errors, not the group
-        return "; ".join(describe(e) for e in reason.exceptions)
-    text = str(reason)
-    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
-
-
-def traceback_of(reason: Reason) -> BaseException | None:
-    # bind errors, start timeouts and the like are clear from one line; a traceback helps only for code that raised
-    if reason is None or isinstance(reason, OSError | StartTimeout):
-        return None
-    return reason

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from supervisor.state import ServerStats
-from supervisor.throttle import Throttle, folded
+from supervisor.throttle import Fold, Throttle, folded
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -70,7 +70,7 @@ class LoopGuard:
     def installed(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
         previous = self._previous = loop.get_exception_handler()
         loop.set_exception_handler(self._on_loop_error)
-        noise = _FoldSendWarnings(self._throttle)
+        noise = Fold(_send_warning, _send_line, logging.WARNING)
         asyncio_logger = logging.getLogger("asyncio")
         asyncio_logger.addFilter(noise)
         watcher = loop.create_task(self._watch(), name="supervisor:loop-lag")
@@ -148,16 +148,9 @@ def _pass_on(
         loop.default_exception_handler(context)
 
 
-class _FoldSendWarnings(logging.Filter):
-    def __init__(self, throttle: Throttle) -> None:
-        super().__init__()
-        self._throttle = throttle
+def _send_warning(record: logging.LogRecord) -> bool:
+    return record.msg == _SEND_MESSAGE
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg != _SEND_MESSAGE:
-            return True
-        more = self._throttle("send")
-        if more is None:
-            return False
-        record.msg = f"{_SEND_MESSAGE[:-1]} (a handler writing to connections already lost){folded(more)}"
-        return True
+
+def _send_line(record: logging.LogRecord, more: int) -> str:
+    return f"{_SEND_MESSAGE[:-1]} (a handler writing to connections already lost){folded(more)}"

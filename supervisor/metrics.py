@@ -1,12 +1,8 @@
 """Prometheus ``/metrics``, ``/healthz`` and ``/readyz``, served by aiohttp on the supervisor's own loop.
 
-A read-only view. Nothing here runs per connection: the runner already bumps plain ints in each
-server's ``ServerStats``, and :class:`SupervisorCollector` turns those and the last ``TreeSnapshot``
-into metric families only when Prometheus scrapes. The endpoint is entered before the servers start and
-closed after the last one stopped, so the drain can be watched (``supervisor_shutting_down``).
-
-Every series exists from the first scrape (all servers, all states, all restart reasons), so
-``rate()`` and ``increase()`` see the first restart instead of a series appearing out of nowhere.
+A read-only view: the series themselves are collector.py's, read only when Prometheus scrapes. The endpoint is
+entered before the servers start and closed after the last one stopped, so the drain can be watched
+(``supervisor_shutting_down``).
 """
 
 from __future__ import annotations
@@ -15,173 +11,27 @@ import asyncio
 import contextlib
 import json
 import logging
-import platform
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.aiohttp import make_aiohttp_handler
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 
-from supervisor import __version__
 from supervisor.address import Address
+from supervisor.collector import loop_name, make_registry
 from supervisor.errors import ViewError
 from supervisor.loopguard import LAG_WINDOW
 from supervisor.plan import Plan
-from supervisor.state import DURATION_BUCKETS, ChildState, readiness
-from supervisor.streams import CLIENT_REASONS
-from supervisor.throttle import Throttle, folded
+from supervisor.state import readiness
+from supervisor.throttle import Fold, folded
 from supervisor.tree import TreeView
 
 LOGGER = logging.getLogger("supervisor")
 
-# The reasons the supervisor counts restarts under (supervisor.py, control.py); exported from the start.
-RESTART_REASONS = ("failure", "exit", "strategy", "manual")
 # The servers' default backlog: with aiohttp's 128, 200 concurrent scrapes waited 1 s for a SYN retry.
 BACKLOG = 1024
 # aiohttp waits this long for a scrape in progress when the endpoint closes (its default is 60 s).
 CLOSE_TIMEOUT = 1.0
-
-
-class SupervisorCollector(Collector):
-    """Reads the tree at scrape time. Runs on the supervisor's loop (the aiohttp handler is a coroutine)."""
-
-    def __init__(self, supervisor: TreeView, loop_name: str) -> None:
-        self._sup = supervisor
-        self._loop_name = loop_name
-
-    def collect(self) -> Iterable[Metric]:
-        snap = self._sup.snapshot()
-        now = self._now()
-        labels = ["server"]
-        up = GaugeMetricFamily("supervisor_server_up", "1 if the server is accepting connections", labels=labels)
-        state = GaugeMetricFamily(
-            "supervisor_server_state", "1 for the state the server is in, 0 for the others", labels=["server", "state"]
-        )
-        uptime = GaugeMetricFamily(
-            "supervisor_server_uptime", "Seconds the current generation has served", labels=labels, unit="seconds"
-        )
-        generation = GaugeMetricFamily(
-            "supervisor_server_generation", "How many times the server has been started", labels=labels
-        )
-        restarts = CounterMetricFamily(
-            "supervisor_server_restarts",
-            "Restarts by reason: failure, exit (stopped itself), strategy (a sibling failed), manual",
-            labels=["server", "reason"],
-        )
-        active = GaugeMetricFamily("supervisor_connections_active", "Open connections", labels=labels)
-        total = CounterMetricFamily("supervisor_connections", "Connections accepted", labels=labels)
-        errors = CounterMetricFamily(
-            "supervisor_handler_errors", "Connections whose handler raised an exception", labels=labels
-        )
-        duration = HistogramMetricFamily(
-            "supervisor_connection_duration", "How long connections stayed open", labels=labels, unit="seconds"
-        )
-        drain = GaugeMetricFamily(
-            "supervisor_server_last_drain",
-            "Seconds the last drain (restart or shutdown) of the server took",
-            labels=labels,
-            unit="seconds",
-        )
-        cancelled = CounterMetricFamily(
-            "supervisor_connections_cancelled",
-            "Connections cancelled because a drain ran out of time",
-            labels=labels,
-        )
-        client = CounterMetricFamily(
-            "supervisor_client_errors",
-            "Connections ended by the client's doing, by reason: too_long (over read_limit), incomplete, reset, tls, "
-            "idle_timeout, write_buffer (over max_write_buffer), other",
-            labels=["server", "reason"],
-        )
-        rejected = CounterMetricFamily(
-            "supervisor_connections_rejected", "Connections closed at once: max_connections reached", labels=labels
-        )
-        accept_errors = CounterMetricFamily(
-            "supervisor_accept_errors",
-            "Episodes of accept() failing for lack of resources (EMFILE: too many open files, ENFILE, ENOBUFS, "
-            "ENOMEM); at most one is counted per 0.5 s",
-            labels=labels,
-        )
-        statuses = {c.name: c for c in snap.children}
-        for name, stats in self._sup.counters().items():
-            status = statuses.get(name)
-            current = status.state if status else ChildState.STOPPED
-            running = current is ChildState.RUNNING
-            up.add_metric([name], 1.0 if running else 0.0)
-            for s in ChildState:
-                state.add_metric([name, s.value], 1.0 if s is current else 0.0)
-            started = status.started_at if status else None
-            uptime.add_metric([name], max(0.0, now - started) if running and started is not None and now else 0.0)
-            generation.add_metric([name], float(status.generation if status else 0))
-            counts = dict(stats.restarts)  # a copy: the loop is ours now, but keep the read in one step
-            for reason in (*RESTART_REASONS, *sorted(set(counts) - set(RESTART_REASONS))):
-                restarts.add_metric([name, reason], float(counts.get(reason, 0)))
-            active.add_metric([name], float(stats.active))
-            total.add_metric([name], float(stats.total))
-            errors.add_metric([name], float(stats.handler_errors))
-            duration.add_metric([name], _buckets(stats.duration_counts), stats.duration_sum)
-            drain.add_metric([name], stats.last_drain_seconds)
-            cancelled.add_metric([name], float(stats.drain_cancelled))
-            for reason in CLIENT_REASONS:
-                client.add_metric([name, reason], float(stats.client_errors.get(reason, 0)))
-            rejected.add_metric([name], float(stats.rejected))
-            accept_errors.add_metric([name], float(stats.accept_errors))
-        yield from (up, state, uptime, generation, restarts, active, total, errors, duration, drain, cancelled)
-        yield from (client, rejected, accept_errors)
-        yield GaugeMetricFamily(
-            "supervisor_event_loop_lag_seconds",
-            f"The longest the event loop was blocked in the last {LAG_WINDOW:g}s (a handler running blocking code)",
-            value=self._sup.guard.worst_lag(),
-        )
-        ready, _ = readiness(snap)
-        yield GaugeMetricFamily(
-            "supervisor_ready", "1 when every permanent server serves and no shutdown is under way", value=ready
-        )
-        yield GaugeMetricFamily(
-            "supervisor_shutting_down", "1 once the ordered shutdown has begun", value=float(snap.shutting_down)
-        )
-        info = InfoMetricFamily("supervisor_build", "Version of the supervisor, the Python and the event loop")
-        info.add_metric([], {"version": __version__, "python": platform.python_version(), "loop": self._loop_name})
-        yield info
-
-    def _now(self) -> float:
-        try:
-            return self._sup.now()
-        except RuntimeError:  # collected outside the loop (a test calling registry.collect())
-            return 0.0
-
-
-def _buckets(counts: list[int]) -> list[tuple[str, float]]:
-    """Per-bucket counts (value <= bound) -> Prometheus's cumulative ``le`` buckets, ending with +Inf."""
-    out: list[tuple[str, float]] = []
-    running = 0
-    for bound, n in zip((*DURATION_BUCKETS, float("inf")), counts, strict=True):
-        running += n
-        out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
-    return out
-
-
-def make_registry(supervisor: TreeView, loop_name: str) -> CollectorRegistry:
-    """A registry of its own per supervisor (tests run several in one process), with the process collectors."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SupervisorCollector(supervisor, loop_name))
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    return registry
-
-
-def loop_name(loop: asyncio.AbstractEventLoop) -> str:
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 class MetricsServer:
@@ -193,7 +43,9 @@ class MetricsServer:
         self.port = port  # the bound port once started (``port: 0`` picks a free one)
         self.registry = make_registry(supervisor, loop_name(asyncio.get_running_loop()))
         self._runner: web.AppRunner | None = None
-        self._noise = _FoldBadRequests()
+        # aiohttp logs an ERROR with an 11-line traceback per malformed request (300 requests: 3,300 lines), and
+        # anyone who can reach the port can send those: one line per interval, naming the last one, is enough
+        self._noise = Fold(_bad_request, _bad_request_line, logging.WARNING)
 
     async def start(self) -> None:
         app = web.Application()
@@ -246,22 +98,14 @@ class MetricsServer:
         return _json(503, {"ready": False, "reason": why, "servers": servers})
 
 
-class _FoldBadRequests(logging.Filter):
-    """aiohttp logs an ERROR with an 11-line traceback per malformed request (300 requests: 3,300 lines).
-    Anyone who can reach the port can send those: one line per interval, naming the last one, is enough."""
+def _bad_request(record: logging.LogRecord) -> bool:
+    return str(record.msg).startswith("Error handling request")
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._throttle = Throttle()
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Error handling request"):
-            return True
-        if (more := self._throttle("bad request")) is not None:
-            exc = record.exc_info[1] if record.exc_info else None
-            what = " ".join(str(exc).split())[:120] if exc else "?"
-            LOGGER.warning("metrics: malformed HTTP request (%s: %s)%s", type(exc).__name__, what, folded(more))
-        return False
+def _bad_request_line(record: logging.LogRecord, more: int) -> str:
+    exc = record.exc_info[1] if record.exc_info else None
+    what = " ".join(str(exc).split())[:120] if exc else "?"
+    return f"metrics: malformed HTTP request ({type(exc).__name__}: {what}){folded(more)}"
 
 
 def _json(status: int, body: object) -> web.Response:

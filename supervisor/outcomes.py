@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from supervisor.child import PENDING, Child
-from supervisor.errors import StopServer
-from supervisor.generation import Generation, Reason, describe, traceback_of
+from supervisor.errors import StartTimeout, StopServer
+from supervisor.generation import Generation, Reason
 from supervisor.plan import Plan
 from supervisor.restart import Intensity, Next, decide
 from supervisor.state import ChildState
@@ -144,3 +144,21 @@ class Outcomes:
         else:
             self._tree.set_state(child, ChildState.FAILED)
             LOGGER.error("%s; it stays stopped", why)
+
+
+def describe(reason: Reason) -> str:
+    """One line for a log or the status table: ``RuntimeError: crash requested``."""
+    if reason is None:
+        return "stopped unexpectedly"
+    if isinstance(reason, BaseExceptionGroup):
+        # a TaskGroup in a lifespan wraps the real error: name the errors, not the group
+        return "; ".join(describe(e) for e in reason.exceptions)
+    text = str(reason)
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
+def traceback_of(reason: Reason) -> BaseException | None:
+    # bind errors, start timeouts and the like are clear from one line; a traceback helps only for code that raised
+    if reason is None or isinstance(reason, OSError | StartTimeout):
+        return None
+    return reason

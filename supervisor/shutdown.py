@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from supervisor.child import Child
-from supervisor.generation import CANCEL_GRACE
+from supervisor.connections import CANCEL_GRACE
 from supervisor.spec import SupervisorSpec
 from supervisor.state import ChildState
 

@@ -157,16 +157,14 @@ class BoundedWriter(asyncio.StreamWriter):
     reader: Reader
 
     def write(self, data: Any) -> None:
+        # Writes after the abort below are the transport's to refuse: asyncio drops them (its warning about
+        # them is folded by the loop guard), uvloop raises, which ends a handler that would write on for nothing.
         transport = self._transport  # type: ignore[attr-defined]
-        if self.reader.ended_by:
-            return  # we closed it: drop further writes instead of letting asyncio warn about each one
         transport.write(data)
         if self._protocol._paused:  # type: ignore[attr-defined]
             self._check(transport)
 
     def writelines(self, data: Any) -> None:
-        if self.reader.ended_by:
-            return
         transport = self._transport  # type: ignore[attr-defined]
         transport.writelines(data)
         # always checked: 3.12.1's selector transport never pauses the protocol from writelines()

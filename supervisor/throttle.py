@@ -6,6 +6,7 @@ metrics requests) logs through a :class:`Throttle`; the exact counts live in the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Hashable
 
@@ -32,3 +33,27 @@ class Throttle:
 def folded(count: int) -> str:
     """`` (N more since the last such line)`` for a log line, or nothing."""
     return f" ({count} more since the last such line)" if count else ""
+
+
+class Fold(logging.Filter):
+    """A filter for a library's logger that folds the records ``matches`` picks: one per interval, rewritten by
+    ``line(record, folded)`` into one line (no traceback) at ``level``; the others are dropped."""
+
+    def __init__(
+        self, matches: Callable[[logging.LogRecord], bool], line: Callable[[logging.LogRecord, int], str], level: int
+    ) -> None:
+        super().__init__()
+        self._matches = matches
+        self._line = line
+        self._level = level
+        self._throttle = Throttle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._matches(record):
+            return True
+        if (more := self._throttle(None)) is None:
+            return False
+        record.msg, record.args = self._line(record, more), ()
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = self._level, logging.getLevelName(self._level)
+        return True

@@ -81,7 +81,7 @@ async def test_every_metric_the_alerts_use_is_exported(tmp_path: Path) -> None:
     from prometheus_client import generate_latest
 
     from supervisor import Supervisor
-    from supervisor.metrics import make_registry
+    from supervisor.collector import make_registry
     from tests.helpers import plan_from
 
     sup = Supervisor(plan_from(tmp_path, "servers: [{name: s, handler: 'tests.apps:lines', port: 0}]"))

@@ -255,8 +255,8 @@ async def scrape_cost(servers: int = 3, repeat: int = 300) -> str:
     from prometheus_client.exposition import generate_latest
     from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+    from supervisor.collector import make_registry
     from supervisor.config import load_config
-    from supervisor.metrics import make_registry
     from supervisor.plan import make_plan
     from supervisor.supervisor import Supervisor
 
