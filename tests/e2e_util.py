@@ -6,11 +6,14 @@ supervisors with views with ``tests.helpers.served``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,15 @@ def write_config(tmp_path: Path, text: str, name: str = "supervisor.yaml") -> Pa
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def unblock_fifo_later(fifo: Path, after: float = 2.0) -> None:
+    """If a reader of ``fifo`` does block (the bug), open it for writing after ``after`` s so the test fails
+    instead of hanging. Runs on a daemon thread of its own."""
+
+    def unblock() -> None:
+        time.sleep(after)
+        with contextlib.suppress(OSError):  # ENXIO: no reader is waiting, as it should be
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=unblock, daemon=True).start()

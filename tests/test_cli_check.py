@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from supervisor.cli import EXIT_OK, EXIT_USAGE, main
+from tests.e2e_util import unblock_fifo_later
 
 ROOT = Path(__file__).resolve().parents[1]
 PROD = ROOT / "configs" / "prod.yaml"
@@ -209,12 +208,6 @@ def test_hostile_configs_exit_2_with_located_lines(
     assert last == f"supervisor: 1 problem in {path}; nothing was started"
 
 
-def release_a_blocked_reader(fifo: Path) -> None:
-    time.sleep(2)
-    with contextlib.suppress(OSError):  # ENXIO: no reader is waiting, as it should be
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-
-
 @pytest.mark.parametrize("kind", ["dev-zero", "fifo", "directory", "too-big"])
 def test_files_that_are_not_configs_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str) -> None:
     path = tmp_path / "c.yaml"
@@ -223,7 +216,7 @@ def test_files_that_are_not_configs_exit_2(capsys: pytest.CaptureFixture[str], t
         expected = "cannot read the config file: it is a character device; name a regular file"
     elif kind == "fifo":
         os.mkfifo(path)  # used to block for ever: if it still does, a writer lets it go after 2 s (and it fails)
-        threading.Thread(target=release_a_blocked_reader, args=(path,), daemon=True).start()
+        unblock_fifo_later(path)
         expected = "cannot read the config file: it is a named pipe; name a regular file"
     elif kind == "directory":
         path.mkdir()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import math
 import os
 import stat
 import sys
 import textwrap
-import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from supervisor.config import (
     parse_duration,
 )
 from supervisor.errors import ConfigError
+from tests.e2e_util import unblock_fifo_later
 
 ECHO = "supervisor.handlers.echo:handle"
 
@@ -980,12 +979,7 @@ def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) ->
     os.mkfifo(fifo)
     assert stat.S_ISFIFO(fifo.stat().st_mode)
 
-    def unblock() -> None:  # if the reader does block, let it go after 2 s so the test fails instead of hanging
-        time.sleep(2)
-        with contextlib.suppress(OSError):  # ENXIO: no reader waiting, as it should be
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-
-    threading.Thread(target=unblock, daemon=True).start()
+    unblock_fifo_later(fifo)
     started = time.perf_counter()
     assert problems_of(fifo) == [f"{fifo}: cannot read the config file: it is a named pipe; name a regular file"]
     assert time.perf_counter() - started < 1.0
