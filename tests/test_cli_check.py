@@ -136,15 +136,14 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "usage: supervisor" in err
 
 
+def check_in_a_process(path: Path) -> subprocess.CompletedProcess[str]:
+    """``supervisor check PATH`` as a user runs it: its own interpreter, its exit code and streams."""
+    cmd = [sys.executable, "-m", "supervisor", "check", str(path)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+
+
 def test_subprocess_bad_config_exits_2_without_traceback() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "supervisor", "check", str(UNPLANNABLE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
+    result = check_in_a_process(UNPLANNABLE)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
@@ -252,14 +251,7 @@ def test_a_backoff_that_never_gives_up_is_a_warning_not_an_error(
 def test_subprocess_deep_config_exits_2_without_traceback(tmp_path: Path) -> None:
     path = tmp_path / "deep.yaml"
     path.write_text(SERVER + "    options: {x: " + "[" * 5000 + "]" * 5000 + "}\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "supervisor", "check", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
+    result = check_in_a_process(path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         f"{path}:5: servers[0].options.x…: nested more than 64 levels deep; flatten this value",
