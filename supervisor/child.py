@@ -30,6 +30,11 @@ class Child:
     closing: asyncio.Future[None] | None = None  # done once the last released listener's socket is closed
     gen: Generation | Pending | None = None  # the generation starting or accepting now
     live: set[Generation] = field(default_factory=set)  # every generation whose task still runs
+    # A reload's change, made before break: the new plan (and socket, if it moved) until its generation,
+    # ``next``, is ready beside the serving one; then it takes over and the old one drains (reload.py).
+    pending: ServerPlan | None = None
+    pending_listener: Listener | None = None
+    next: Generation | None = None
     generation: int = 0
     not_before: float = 0.0  # loop time before which a restart must not start
     started_at: float | None = None

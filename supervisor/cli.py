@@ -18,7 +18,8 @@ from supervisor import __version__
 from supervisor.commands import ACTIONS, Result, parse
 from supervisor.config import load_config
 from supervisor.errors import ConfigError, GaveUp, SupervisorError
-from supervisor.plan import Plan, make_plan
+from supervisor.plan import Plan
+from supervisor.planfile import load_plan, problem_report
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # gave up after too many restarts, or an unexpected error
@@ -57,7 +58,10 @@ def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", help=f"console host (default {ctl.DEFAULT_HOST})")
     p.add_argument("--port", type=int, help=f"console port (default {ctl.DEFAULT_PORT})")
     p.add_argument("--json", action="store_true", help="print JSON (status: the whole tree)")
-    p.add_argument("--timeout", type=float, default=ctl.DEFAULT_TIMEOUT, help="seconds to wait in all")
+    p.add_argument(
+        "--timeout", type=float,
+        help=f"seconds to wait in all (default {ctl.DEFAULT_TIMEOUT:g}; reload: {ctl.RELOAD_TIMEOUT:g})",
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,12 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ctl":
         return run_ctl(args)
     try:
-        plan = _load(args.config)
+        plan = load_plan(args.config)
     except ConfigError as exc:
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        n = len(exc.problems)
-        print(f"supervisor: {n} problem{'s' if n > 1 else ''} in {args.config}; nothing was started", file=sys.stderr)
+        print("\n".join(problem_report(args.config, exc.problems, "nothing was started")), file=sys.stderr)
         return EXIT_USAGE
     if args.command == "check":
         print("\n".join(plan.table()))
@@ -84,21 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in plan.warnings:  # what `check` prints under its table: runnable, but probably not meant
         LOGGER.warning("%s", warning)
     return run(plan)
-
-
-def _load(path: str) -> Plan:
-    """Config -> plan, with the views' own checks (console.host) reported alongside the plan's."""
-    from supervisor.views import view_problems
-
-    config = load_config(path)
-    problems = view_problems(config)
-    try:
-        plan = make_plan(config)
-    except ConfigError as exc:
-        raise ConfigError(exc.problems + problems) from None
-    if problems:
-        raise ConfigError(problems)
-    return plan
 
 
 def run(plan: Plan) -> int:
@@ -187,7 +173,8 @@ def _run_loop(loop: asyncio.AbstractEventLoop, main: Coroutine[Any, Any, None]) 
 
 
 def run_ctl(args: argparse.Namespace) -> int:
-    """``supervisor ctl``: 0 when the command succeeded, 1 when it failed or no console answered, 2 on usage."""
+    """``supervisor ctl``: 0 when the command succeeded, 1 when it failed or no console answered, 2 on usage
+    (and for a reload whose config is invalid: the errors are printed, the supervisor runs on unchanged)."""
     from supervisor import ctl
 
     if isinstance(bad := parse(args.action, args.name, typed_as="supervisor ctl "), Result):
@@ -204,7 +191,8 @@ def run_ctl(args: argparse.Namespace) -> int:
         host, port = console.host, console.port
     host, port = args.host or host, args.port or port
     try:
-        reply = ctl.run(args.action, args.name, host=host, port=port, as_json=args.json, timeout=args.timeout)
+        timeout = args.timeout or (ctl.RELOAD_TIMEOUT if args.action == "reload" else ctl.DEFAULT_TIMEOUT)
+        reply = ctl.run(args.action, args.name, host=host, port=port, as_json=args.json, timeout=timeout)
     except ctl.ConsoleUnavailable as exc:
         print(f"supervisor ctl: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -217,7 +205,7 @@ def run_ctl(args: argparse.Namespace) -> int:
     if args.json:
         print(text)
     print(f"supervisor ctl: {reply.text}", file=sys.stderr)
-    return EXIT_FAILURE
+    return EXIT_USAGE if reply.invalid else EXIT_FAILURE
 
 
 class _HandOff(logging.handlers.QueueHandler):

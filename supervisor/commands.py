@@ -12,6 +12,7 @@ class Command(enum.StrEnum):
     RESTART = "restart"
     STOP = "stop"
     START = "start"
+    RELOAD = "reload"
     SHUTDOWN = "shutdown"
 
     @property
@@ -30,16 +31,19 @@ _HELP = {
     Command.RESTART: "Restart a server (its port stays open; old connections drain)",
     Command.STOP: "Stop a server and close its port until 'start'",
     Command.START: "Start a stopped or failed server",
+    Command.RELOAD: "Re-read the config file and apply what changed (unchanged servers are not touched)",
     Command.SHUTDOWN: "Shut the supervisor down in order (like SIGTERM)",
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """What a command did: ``ok`` decides the exit code of ``ctl``; ``text`` is shown as it is."""
+    """What a command did: ``ok`` and ``invalid`` decide the exit code of ``ctl`` (0, 1, or 2 for a reload whose
+    config is invalid); ``text`` is shown as it is."""
 
     ok: bool
     text: str
+    invalid: bool = False
 
 
 def parse(action: str, name: str | None, *, typed_as: str = "") -> Command | Result:

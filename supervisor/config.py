@@ -7,6 +7,8 @@ bounded before it is parsed (a regular file, 1 MiB), and the YAML while it is (y
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -68,7 +70,8 @@ def load_config(path: str | Path) -> Config:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: the config file is not UTF-8 text ({exc.reason})"]) from None
-    return parse_config(text.replace("\r\n", "\n").replace("\r", "\n"), path)
+    config = parse_config(text.replace("\r\n", "\n").replace("\r", "\n"), path)
+    return dataclasses.replace(config, digest=hashlib.sha256(data).hexdigest())
 
 
 def parse_config(text: str, path: Path) -> Config:

@@ -1,8 +1,8 @@
 """The operator console: aiomonitor on ``console.host:port`` (telnet; its web UI on port + 1) with supervisor commands.
 
-``status``, ``restart NAME``, ``stop NAME``, ``start NAME``, ``shutdown``, plus aiomonitor's own (``ps``, ``where``,
-``stacktrace``, ``help``...). aiomonitor runs its telnet server on a thread with its own event loop, so the
-command bodies never touch the tree: they read it through ``tree.TreeView`` (the immutable snapshot and the
+``status``, ``restart NAME``, ``stop NAME``, ``start NAME``, ``reload``, ``shutdown``, plus aiomonitor's own
+(``ps``, ``where``, ``stacktrace``, ``help``...). aiomonitor runs its telnet server on a thread with its own event
+loop, so the command bodies never touch the tree: they read it through ``tree.TreeView`` (the immutable snapshot and the
 plain-int counters), and they *post* control requests with ``TreeView.submit()``, which the supervisor's loop runs.
 
 A hidden ``ctl NONCE ACTION [NAME] [--json]`` command answers ``supervisor ctl`` with one framed line,
@@ -29,7 +29,7 @@ from aiohttp.web_exceptions import NotAppKeyWarning
 
 from supervisor.access import check_ports_free, console_ports, is_loopback, port_is_free, remote_console_problem
 from supervisor.commands import NAMED, Command, Result, parse
-from supervisor.control import CONTROL_TIMEOUT
+from supervisor.control import CONTROL_TIMEOUT, RELOAD_TIMEOUT
 from supervisor.errors import ConfigError, ViewError
 from supervisor.plan import Plan
 from supervisor.status import status_json, status_table
@@ -89,12 +89,14 @@ async def execute(tree: TreeView, action: str, name: str | None, *, as_json: boo
         future = tree.submit(command, name)
     except RuntimeError:  # not started yet, or its loop is gone
         return Result(False, "the supervisor is not running")
+    wait = RELOAD_TIMEOUT if command is Command.RELOAD else CONTROL_TIMEOUT + 5.0
+    what = " ".join(filter(None, (action, name)))
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), CONTROL_TIMEOUT + 5.0)
+        return await asyncio.wait_for(asyncio.wrap_future(future), wait)
     except TimeoutError:
-        return Result(False, f"{action} {name}: no answer within {CONTROL_TIMEOUT:g}s; see the log")
+        return Result(False, f"{what}: no answer within {wait:g}s; see the log")
     except Exception as exc:  # noqa: BLE001 - report whatever went wrong to the operator, keep the session
-        return Result(False, f"{action} {name}: {type(exc).__name__}: {exc}")
+        return Result(False, f"{what}: {type(exc).__name__}: {exc}")
 
 
 # -- the commands (registered once on aiomonitor's global click group; ctx.obj is the Monitor) ------------------------
@@ -151,10 +153,15 @@ for _named in sorted(NAMED):
     _named_command(_named)
 
 
-@_command(Command.SHUTDOWN, doc=Command.SHUTDOWN.help)
-@_help
-def _shutdown(ctx: click.Context) -> None:
-    _spawn(ctx, Command.SHUTDOWN, None, _echo)
+def _plain_command(command: Command) -> None:
+    @_command(command, doc=command.help)
+    @_help
+    def run(ctx: click.Context) -> None:
+        _spawn(ctx, command, None, _echo)
+
+
+for _plain in (Command.RELOAD, Command.SHUTDOWN):
+    _plain_command(_plain)
 
 
 @_command("ctl", hidden=True)
@@ -167,7 +174,8 @@ def _ctl(ctx: click.Context, nonce: str, action: str, name: str | None, as_json:
     """Machine interface for `supervisor ctl`: one framed JSON line per request"""
 
     def show(result: Result) -> None:
-        click.echo(f"{CTL_RESULT} {nonce} " + json.dumps({"ok": result.ok, "text": result.text}))
+        frame = {"ok": result.ok, "text": result.text, "invalid": result.invalid}
+        click.echo(f"{CTL_RESULT} {nonce} " + json.dumps(frame))
 
     _spawn(ctx, action, name, show, as_json=as_json)
 

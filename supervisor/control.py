@@ -17,6 +17,8 @@ LOGGER = logging.getLogger("supervisor")
 
 # How long a control command waits for the server to be running (or stopped) again.
 CONTROL_TIMEOUT = 10.0
+# How long the console waits for a reload's answer: every new generation is bounded by its start_timeout.
+RELOAD_TIMEOUT = 120.0
 
 
 class Coordinator(Protocol):
@@ -36,6 +38,8 @@ class Coordinator(Protocol):
 
     async def changed(self) -> TreeSnapshot: ...
 
+    async def reload(self, trigger: str) -> Result: ...
+
     def stop_generation(self, child: Child) -> None: ...
 
     def release(self, child: Child) -> None: ...
@@ -48,6 +52,8 @@ async def request(tree: Coordinator, command: Command, name: str | None) -> Resu
     if command is Command.SHUTDOWN:
         tree.request_stop("control: shutdown")
         return Result(True, "shutting down")
+    if command is Command.RELOAD:
+        return await tree.reload("control")
     if command is Command.STATUS:
         return Result(False, "status is answered by the console itself, from the snapshot")
     child = tree.child(name or "")
@@ -55,6 +61,8 @@ async def request(tree: Coordinator, command: Command, name: str | None) -> Resu
         return Result(False, f"no server named '{name}'; servers: {', '.join(tree.names)}")
     if tree.shutting_down:
         return Result(False, "the supervisor is shutting down")
+    if child.pending is not None or child.next is not None:
+        return Result(False, f"{name} is being reloaded (a new generation is starting); try again once it is done")
     if command is Command.START and child.wanted and child.state is not ChildState.FAILED:
         return Result(True, f"{name} is already {child.state.value}")
     before = child.generation

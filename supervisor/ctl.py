@@ -27,6 +27,7 @@ from supervisor.errors import SupervisorError
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 20101
 DEFAULT_TIMEOUT = 20.0  # a restart may wait up to the supervisor's CONTROL_TIMEOUT (10 s)
+RELOAD_TIMEOUT = 125.0  # a reload may take the console's RELOAD_TIMEOUT (120 s): new generations start in it
 GOODBYE_TIMEOUT = 2.0
 PROMPT = "supervisor >>> "  # console.PROMPT, repeated so `ctl` does not import aiomonitor
 CTL_RESULT = "ctl-result"
@@ -152,7 +153,7 @@ class ConsoleClient:
         start = self.send_line(shlex.join(words))
         m = self.wait_for(rf"{CTL_RESULT} {nonce} (\{{[^\r\n]*\}})\r?\n", start)
         body = json.loads(m.group(1))
-        return Reply(bool(body["ok"]), str(body["text"]))
+        return Reply(bool(body["ok"]), str(body["text"]), bool(body.get("invalid", False)))
 
     # -- socket ---------------------------------------------------------------------------------------------------
 

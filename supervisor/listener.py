@@ -26,6 +26,9 @@ LOGGER = logging.getLogger("supervisor")
 class Generation(Protocol):
     """What the listener needs of the generation it hands connections to (generation.Generation)."""
 
+    @property
+    def plan(self) -> ServerPlan: ...
+
     async def serve(self, reader: Reader, writer: asyncio.StreamWriter) -> None: ...
 
 
@@ -74,10 +77,18 @@ class Listener:
         return self.sock.fileno()
 
     def attach(self, gen: Generation) -> None:
+        if gen.plan is not self.plan:  # a reload's new generation: its limits apply to what is accepted from now
+            self._configure(gen.plan)
         self.current = gen
         if self._next is not None:
             self._next.set_result(gen)
             self._next = None
+
+    def _configure(self, plan: ServerPlan) -> None:
+        if plan.backlog != self.plan.backlog:
+            self.sock.listen(plan.backlog)  # Linux resizes the accept queue of a listening socket in place
+        self.plan = plan
+        self._limit = plan.max_connections or 1 << 62
 
     def detach(self, gen: Generation) -> None:
         if self.current is gen:

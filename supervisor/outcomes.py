@@ -50,7 +50,7 @@ class Outcomes:
     def ended(self, child: Child, gen: Generation | None, reason: Reason) -> None:
         if gen is not None:
             # a restart never waits for the old connections: they drain beside the new generation
-            gen.start_drain(child.plan.shutdown_timeout, restart=True)
+            gen.start_drain(gen.plan.shutdown_timeout, restart=True)
         if child.gen is not (gen or PENDING):
             # stopped on purpose (group restart, console) before it ended by itself
             if reason is not None and not isinstance(reason, StopServer | asyncio.CancelledError):
@@ -130,7 +130,8 @@ class Outcomes:
         if strategy == "one_for_all":
             return [c for c in self._tree.children if c is not child and c.wanted]
         if strategy == "rest_for_one":
-            return [c for c in self._tree.children if c.plan.rank > child.plan.rank and c.wanted]
+            later = self._tree.children[self._tree.children.index(child) + 1 :]  # start order (a reload may reorder)
+            return [c for c in later if c.wanted]
         return []
 
     def orphaned(self, child: Child, dependency: Child) -> None:

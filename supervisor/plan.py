@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.address import Address
@@ -51,6 +51,7 @@ class Plan:
     servers: tuple[ServerPlan, ...]  # in start order
     # valid but probably not meant (file:line: key: what and what to do); ``check`` prints them, exit 0
     warnings: tuple[str, ...] = ()
+    digest: str = field(default="", compare=False)  # the config file's sha256 (hex)
 
     def table(self) -> list[str]:
         """What ``supervisor check`` prints: one row per server in start order, then any warnings."""
@@ -101,7 +102,7 @@ def make_plan(config: Config) -> Plan:
         raise ConfigError(capped(sorted(problems, key=_line_of)))
     servers = tuple(_server_plan(spec, rank, *resolved[spec.name]) for rank, spec in enumerate(order))  # type: ignore[misc]
     warnings = tuple(capped([w for s in config.servers if (w := never_gives_up(s, config.supervisor))]))
-    return Plan(str(config.path), config.supervisor, config.metrics, config.console, servers, warnings)
+    return Plan(str(config.path), config.supervisor, config.metrics, config.console, servers, warnings, config.digest)
 
 
 def _server_plan(spec: ServerSpec, rank: int, target: object, direct: bool) -> ServerPlan:

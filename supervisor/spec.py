@@ -98,6 +98,7 @@ class Config:
     console: ConsoleSpec = ConsoleSpec()
     # "metrics", "metrics.port", "console.port", ... -> where it was written (sections and their keys)
     locations: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
+    digest: str = field(default="", compare=False)  # sha256 of the file (hex): status, supervisor_config_info
 
     def where(self, key: str) -> Location:
         """Where ``key`` (e.g. ``metrics.port``) was written, else its section, else the top of the file."""

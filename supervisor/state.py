@@ -8,6 +8,7 @@ The supervisor's loop is the only writer. Views on other threads (the aiomonitor
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import enum
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,10 +63,28 @@ class ChildStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigStatus:
+    """Which config runs, and how its reloads went (wall-clock times, for people and Prometheus)."""
+
+    source: str = ""
+    digest: str = ""  # sha256 of the file the running config was read from
+    loaded_at: float = 0.0  # when it was loaded: at start, or by the last reload that applied
+    reloading: bool = False
+    last_reload_ok: bool = True  # like prometheus_config_last_reload_successful: 1 until a reload fails
+    last_success_at: float = 0.0
+    reloads: tuple[tuple[str, int], ...] = (("success", 0), ("failure", 0), ("invalid", 0))
+
+    def count(self, result: str) -> ConfigStatus:
+        counts = tuple((r, n + (r == result)) for r, n in self.reloads)
+        return dataclasses.replace(self, reloads=counts)
+
+
+@dataclass(frozen=True, slots=True)
 class TreeSnapshot:
     children: tuple[ChildStatus, ...] = ()
     started: bool = False  # every wanted server has served at least once (the readiness handshake)
     shutting_down: bool = False
+    config: ConfigStatus = ConfigStatus()
 
     def child(self, name: str) -> ChildStatus | None:
         return next((c for c in self.children if c.name == name), None)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -27,10 +29,12 @@ from supervisor.generation import Generation, Reason
 from supervisor.listener import Listener
 from supervisor.loopguard import LoopGuard
 from supervisor.outcomes import Outcomes
-from supervisor.plan import Plan
+from supervisor.plan import Plan, ServerPlan
+from supervisor.reload import Reload
 from supervisor.restart import Backoff, Intensity
 from supervisor.shutdown import OrderedShutdown
-from supervisor.state import ChildState, ServerStats, TreeSnapshot
+from supervisor.spec import SupervisorSpec
+from supervisor.state import ChildState, ConfigStatus, ServerStats, TreeSnapshot
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -55,7 +59,12 @@ class _Control:
     handled: asyncio.Future[None]  # resolved once the coordinator acted on it
 
 
-_Event = _Ended | _Ready | _Control | None  # None only wakes the loop (stop request, backoff timer)
+@dataclass(frozen=True, slots=True)
+class _Reload:
+    reload: Reload  # prepared: its plan loaded and diffed, its new sockets bound
+
+
+_Event = _Ended | _Ready | _Control | _Reload | None  # None only wakes the loop (stop request, backoff timer)
 
 
 class Supervisor:
@@ -64,9 +73,13 @@ class Supervisor:
     ) -> None:
         loop = asyncio.get_running_loop()  # construct the Supervisor inside the loop that will run it
         self.plan = plan
+        self._rand = rand
         self.children = [Child(p, Backoff(p.backoff, rand)) for p in plan.servers]
         self._by_name = {c.name: c for c in self.children}
+        self._retired: list[Child] = []  # removed by a reload, still draining
         self._clock = clock
+        self._config = ConfigStatus(plan.source, plan.digest, time.time(), last_success_at=time.time())
+        self._reload: Reload | None = None  # the one reload under way
         self._snapshot = TreeSnapshot(tuple(c.status() for c in self.children))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: asyncio.Queue[_Event] = asyncio.Queue()
@@ -79,9 +92,8 @@ class Supervisor:
         self._shutting_down = False
         self._gave_up: str | None = None
         self._wake_at: float | None = None  # the earliest pending backoff wake-up
-        self._outcomes = Outcomes(
-            self, Intensity(plan.supervisor.max_restarts, plan.supervisor.restart_window, self.now)
-        )
+        self._intensity = Intensity(plan.supervisor.max_restarts, plan.supervisor.restart_window, self.now)
+        self._outcomes = Outcomes(self, self._intensity)
         self.stop_reason = ""
         # The readiness handshake: resolves with every bound address once all servers serve.
         self.ready: asyncio.Future[list[Address]] = loop.create_future()
@@ -134,6 +146,31 @@ class Supervisor:
     async def control(self, command: Command | str, name: str | None = None) -> Result:
         return await control.request(self, Command(command), name)
 
+    async def reload(self, trigger: str = "reload") -> Result:
+        """Re-read the config file and apply what changed (reload.py); one reload at a time."""
+        refusal = ""
+        if self._stop.is_set():
+            refusal = "the supervisor is shutting down"
+        elif not self.ready.done():
+            refusal = "the supervisor is still starting; reload once it is ready"
+        elif (under_way := self._reload) is not None:
+            since = time.monotonic() - under_way.started
+            refusal = f"a reload ({under_way.trigger}) is under way since {since:.1f}s; try again once it is done"
+        if refusal:
+            LOGGER.warning("reload (%s) refused: %s", trigger, refusal)
+            return Result(False, f"not reloading: {refusal}")
+        LOGGER.info("reload (%s): reading %s", trigger, self.plan.source)
+        self._reload = reload = Reload(self, trigger, self._config)
+        self._config = dataclasses.replace(self._config, reloading=True)
+        self._publish()
+        if (early := await reload.prepare()) is not None:
+            return early
+        if self._stop.is_set():  # a stop came while the new sockets were bound
+            reload.interrupt()
+        else:
+            self._post(_Reload(reload))
+        return await asyncio.shield(reload.done)
+
     # seams for control.request / control.apply and the shutdown
 
     @property
@@ -152,19 +189,48 @@ class Supervisor:
         self._post(_Control(command, child, handled))
         return handled
 
-    def stop_generation(self, child: Child) -> None:
+    def stop_generation(self, child: Child, *, restart: bool = True) -> None:
         gen, child.gen = child.gen, None
         if gen is not None:
             gen.stop(None)
-            gen.start_drain(child.plan.shutdown_timeout, restart=True)
+            gen.start_drain(child.plan.shutdown_timeout, restart=restart)
 
     def release(self, child: Child) -> None:
         """Close the server's listener for good: its port is free, new clients are refused."""
+        if child.next is not None:  # a reload's warm generation: it ends, and the reload reports it
+            child.next.stop(None)
         if child.listener is not None:
             child.listener.close()
             child.closing = child.listener.closed
             if not self._shutting_down:
                 child.listener = None
+        if self._shutting_down and child.pending_listener is not None:
+            child.pending_listener.close()
+
+    # seams for the reload (reload.py)
+
+    def make_child(self, plan: ServerPlan, listener: Listener) -> Child:
+        child = Child(plan, Backoff(plan.backoff, self._rand), stats=listener.stats, listener=listener)
+        self._by_name[child.name] = child
+        return child
+
+    def adopt(self, plan: Plan, children: list[Child], retired: list[Child]) -> None:
+        """The reload's new tree: ``children`` in the new start order; ``retired`` drain until their tasks end."""
+        self.plan = plan
+        self.children[:] = children  # in place: the ordered shutdown reads this list
+        self._retired.extend(c for c in retired if c.live)
+        for child in retired:
+            del self._by_name[child.name]
+        self._publish()
+
+    def retune(self, spec: SupervisorSpec) -> None:
+        """A reload's supervisor: section, from now on (the restart history is kept)."""
+        self._intensity.max_restarts, self._intensity.window = spec.max_restarts, spec.restart_window
+        self.guard.max_lag = spec.max_loop_lag
+
+    def reloaded(self, status: ConfigStatus) -> None:
+        self._reload, self._config = None, status
+        self._publish()
 
     def set_state(self, child: Child, state: ChildState) -> None:
         child.state = state
@@ -175,19 +241,24 @@ class Supervisor:
     async def serve(self) -> None:
         """Run until stopped. Raises GaveUp after an ordered shutdown if a server could not be kept running."""
         self._loop = asyncio.get_running_loop()
-        shutdown = OrderedShutdown(self.children, self.plan.supervisor, self._force, self.release, self.set_state)
         try:
             with self.guard.installed(self._loop):
                 try:
                     await self._run()
                 finally:
                     self._shutting_down = True
+                    if self._reload is not None:
+                        self._reload.interrupt()
                     self._publish()  # views see the shutdown at once, whatever state the servers are in
+                    everyone = [*self.children, *self._retired]  # the retired drain first (reverse order)
+                    shutdown = OrderedShutdown(
+                        everyone, self.plan.supervisor, self._force, self.release, self.set_state
+                    )
                     # Bounded: what is still running after it (a lifespan that ignores cancellation) is left to
                     # the CLI's exit, which names it. A TaskGroup here would wait for such a task for ever.
                     await shutdown.run(self.stop_reason or "exit")
         finally:
-            for child in self.children:
+            for child in [*self.children, *self._retired]:
                 self.release(child)
             if not self.ready.done():
                 self.ready.cancel()
@@ -197,21 +268,32 @@ class Supervisor:
     async def _run(self) -> None:
         while not self._stop.is_set():
             await self._reconcile()
+            if self._reload is not None and self._reload.applied:
+                self._reload.progress()  # settles what the reconcile started for it; finishes it once none is left
             if not self.ready.done() and all(c.state is ChildState.RUNNING for c in self.children if c.wanted):
                 addresses = [c.listener.address for c in self.children if c.listener and c.wanted]
                 LOGGER.info("supervisor ready: %d server(s) serving", len(addresses))
                 self.ready.set_result(addresses)
                 self._publish()
             event = await self._events.get()
+            reload = self._reload
             if isinstance(event, _Ended):
-                if not self._shutting_down:  # the shutdown drains every live generation itself, in order
+                if event.gen is not None and event.gen is event.child.next and reload is not None:
+                    reload.failed(event.child, event.gen, event.reason)
+                elif not self._shutting_down and event.child not in self._retired:  # the shutdown drains them
                     self._outcomes.ended(event.child, event.gen, event.reason)
             elif isinstance(event, _Ready):
-                self._ready(event.child, event.gen)
+                if event.gen is event.child.next and reload is not None:
+                    reload.ready(event.child, event.gen)
+                    self._publish()
+                else:
+                    self._ready(event.child, event.gen)
             elif isinstance(event, _Control):
                 control.apply(self, event.command, event.child)
                 if not event.handled.done():
                     event.handled.set_result(None)
+            elif isinstance(event, _Reload):
+                event.reload.apply()
 
     async def _reconcile(self) -> None:
         """Start every wanted server that is down, due, and whose ``after`` servers are running.
@@ -222,7 +304,9 @@ class Supervisor:
         for child in self.children:
             if self._stop.is_set():
                 return
-            if not child.wanted or child.gen is not None:
+            if child.pending is not None and self._reload is not None:
+                self._reload.due(child)
+            if not child.wanted or child.gen is not None or child.next is not None:
                 continue
             if (wait := child.not_before - self.now()) > 0:
                 # A timer may fire a hair early by loop.time() (uvloop rounds to milliseconds):
@@ -258,16 +342,25 @@ class Supervisor:
                 return
             child.listener = listener
             await listener.start()
-        child.generation += 1
-        gen = Generation(child.plan, child.generation, child.listener, child.stats, self._force, self._on_end)
-        child.gen = gen
-        child.live.add(gen)
+        child.gen = self.spawn(child, child.plan, child.listener)
         self.set_state(child, ChildState.STARTING)  # published with the new generation's number
+
+    def spawn(self, child: Child, plan: ServerPlan, listener: Listener) -> Generation:
+        """Start a generation of ``child`` on ``listener``; its readiness and its end come back as events."""
+        child.generation += 1
+        gen = Generation(plan, child.generation, listener, child.stats, self._force, self._on_end)
+        child.live.add(gen)
         gen.task = asyncio.get_running_loop().create_task(gen.run(), name=f"server:{child.name}")
         self._tasks.add(gen.task)
-        gen.task.add_done_callback(lambda _t: child.live.discard(gen))
+        gen.task.add_done_callback(lambda _t: self._gone(child, gen))
         gen.task.add_done_callback(self._task_done)
         gen.ready.add_done_callback(lambda _f: self._post(_Ready(child, gen)))
+        return gen
+
+    def _gone(self, child: Child, gen: Generation) -> None:
+        child.live.discard(gen)
+        if not child.live and child in self._retired and not self._shutting_down:
+            self._retired.remove(child)
 
     def _ready(self, child: Child, gen: Generation) -> None:
         if child.gen is not gen or gen.ready.cancelled() or gen.ready.exception() is not None:
@@ -292,7 +385,10 @@ class Supervisor:
         self._events.put_nowait(event)
 
     def _on_end(self, gen: Generation, reason: Reason) -> None:
-        self._post(_Ended(self._by_name[gen.plan.name], gen, reason))
+        child = self._by_name.get(gen.plan.name)
+        if child is None or gen not in child.live:  # a removed server's generation
+            child = next(c for c in self._retired if gen in c.live)
+        self._post(_Ended(child, gen, reason))
 
     # -- publishing ------------------------------------------------------------------------------------------------
 
@@ -301,6 +397,7 @@ class Supervisor:
             children=tuple(c.status() for c in self.children),
             started=self.ready.done() and not self.ready.cancelled(),
             shutting_down=self._shutting_down,
+            config=self._config,
         )
         changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
         changed.set_result(None)

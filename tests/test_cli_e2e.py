@@ -183,11 +183,12 @@ def test_demo_config_serves_real_traffic(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_sighup_is_logged_and_changes_nothing(tmp_path: Path) -> None:
+def test_sighup_of_an_unchanged_file_changes_nothing(tmp_path: Path) -> None:
     with SupervisorProcess(write_config(tmp_path, LINES)) as sp:
         ports = sp.ready()
         sp.signal(signal.SIGHUP)
-        sp.wait_for(r"WARNING supervisor: SIGHUP received: config reload is not supported yet; ignoring")
+        sp.wait_for(r"INFO supervisor: reload: 2 server\(s\) unchanged")
+        sp.wait_for(r"INFO supervisor: reload \(SIGHUP\) applied in \d+ ms; config sha256 [0-9a-f]{12}")
         with socket.create_connection(("127.0.0.1", ports["work"]), timeout=10) as s:
             s.sendall(b"who\n")
             assert s.recv(64) == b"work#1\n"  # the same generation, still serving
