@@ -57,6 +57,8 @@ class Coordinator(Protocol):
 
     def set_state(self, child: Child, state: ChildState) -> None: ...
 
+    def serving(self, child: Child, gen: Generation) -> None: ...
+
     def adopt(self, plan: Plan, children: list[Child], retired: list[Child]) -> None: ...
 
     def retune(self, spec: SupervisorSpec) -> None: ...
@@ -201,6 +203,7 @@ class Reload:
         deps = [tree.child(d) for d in plan.after]
         if all(d is not None and d.state is ChildState.RUNNING and d.pending is None for d in deps):
             child.next = tree.spawn(child, plan, child.pending_listener or child.listener)  # type: ignore[arg-type]
+            tree.set_state(child, child.state)  # published with the warm generation's number
 
     def ready(self, child: Child, gen: Generation) -> None:
         """The warm generation is serving (it attached itself to the socket): the old one stops and drains."""
@@ -213,6 +216,7 @@ class Reload:
         if isinstance(old, Generation):
             old.stop(None)
             old.start_drain(old.plan.shutdown_timeout, restart=True)
+        self._tree.serving(child, gen)
         moved = f" on {gen.ready.result()}" if child.name in self.diff.moved else ""
         was = f", generation {old.number} draining" if isinstance(old, Generation) else ""
         keys = ", ".join(self.diff.changed[child.name])

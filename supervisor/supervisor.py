@@ -210,7 +210,7 @@ class Supervisor:
     # seams for the reload (reload.py)
 
     def make_child(self, plan: ServerPlan, listener: Listener) -> Child:
-        child = Child(plan, Backoff(plan.backoff, self._rand), stats=listener.stats, listener=listener)
+        child = Child(plan, Backoff(plan.backoff, self._rand), listener.stats, ChildState.STARTING, listener=listener)
         self._by_name[child.name] = child
         return child
 
@@ -285,7 +285,6 @@ class Supervisor:
             elif isinstance(event, _Ready):
                 if event.gen is event.child.next and reload is not None:
                     reload.ready(event.child, event.gen)
-                    self._publish()
                 else:
                     self._ready(event.child, event.gen)
             elif isinstance(event, _Control):
@@ -313,7 +312,9 @@ class Supervisor:
                 # always leave a wake-up behind for a server that is not due yet.
                 self._wake_in(wait)
                 continue
-            waiting = [self._by_name[d] for d in child.plan.after if self._by_name[d].state is not ChildState.RUNNING]
+            # a dependency a reload is changing counts as started once its new generation took over
+            deps = [self._by_name[d] for d in child.plan.after]
+            waiting = [d for d in deps if d.state is not ChildState.RUNNING or d.pending is not None]
             if not waiting:
                 await self._start(child)
             elif dead := [d for d in waiting if not d.wanted and d.state is ChildState.FAILED]:
@@ -365,13 +366,17 @@ class Supervisor:
     def _ready(self, child: Child, gen: Generation) -> None:
         if child.gen is not gen or gen.ready.cancelled() or gen.ready.exception() is not None:
             return  # failed or replaced before it was ready: its _Ended event tells the story
+        self.serving(child, gen)
+        child.flush()
+        LOGGER.info("server %s listening on %s (generation %d)", child.name, child.address, gen.number)
+
+    def serving(self, child: Child, gen: Generation) -> None:
+        """``gen`` became ready and is ``child``'s serving generation now."""
         child.address = str(gen.ready.result())
         child.started_at = self.now()
         child.served = True
         child.start_failures = 0
         self.set_state(child, ChildState.RUNNING)
-        child.flush()
-        LOGGER.info("server %s listening on %s (generation %d)", child.name, child.address, gen.number)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -18,9 +18,10 @@ JOURNAL: list[tuple[str, str]] = []
 
 async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Line protocol: ``crash`` raises, ``stop`` raises StopServer, ``sleep N`` answers after N s,
-    ``work N`` answers ``working`` then ``done`` after N s, ``who`` names the generation, ``blurt N`` writes
-    N bytes and ends the handler without draining them, ``stream N``/``spray N`` write N chunks of 64 KiB with
-    and without drain(), ``bad`` raises from the handler's own code, ``block N`` blocks the loop for N s, else echo."""
+    ``work N`` answers ``working`` then ``done`` after N s, ``who`` names the generation, ``opt KEY`` answers an
+    option, ``blurt N`` writes N bytes and ends the handler without draining them, ``stream N``/``spray N`` write
+    N chunks of 64 KiB with and without drain(), ``bad`` raises from the handler's own code, ``block N`` blocks
+    the loop for N s, else echo."""
     try:
         while line := await reader.readline():
             cmd, _, arg = line.strip().partition(b" ")
@@ -65,6 +66,8 @@ async def lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             elif cmd == b"who":
                 ctx = current_server()
                 writer.write(f"{ctx.name}#{ctx.generation}\n".encode())
+            elif cmd == b"opt":  # the value of one option of the generation serving this connection
+                writer.write(f"{current_server().options.get(arg.decode())}\n".encode())
             else:
                 writer.write(line)
             await writer.drain()

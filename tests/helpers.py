@@ -20,13 +20,18 @@ DEADLINE = 10.0
 
 def plan_from(tmp_path: Path, text: str) -> Plan:
     """A plan from YAML text; in-process tests have no metrics or console unless the text turns them on."""
+    return make_plan(load_config(write_config_file(tmp_path, text)))
+
+
+def write_config_file(tmp_path: Path, text: str) -> Path:
+    """Write the file ``plan_from`` reads (a reload re-reads it): metrics and console off unless turned on."""
     text = textwrap.dedent(text)
     for view in ("metrics", "console"):
         if not re.search(rf"^{view}:", text, re.MULTILINE):
             text = f"{view}: {{enabled: false}}\n{text}"
     path = tmp_path / "supervisor.yaml"
     path.write_text(text)
-    return make_plan(load_config(path))
+    return path
 
 
 @contextlib.asynccontextmanager
