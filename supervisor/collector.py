@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from supervisor import __version__
 from supervisor.loopguard import LAG_WINDOW
-from supervisor.state import DURATION_BUCKETS, ChildState, readiness
+from supervisor.state import DURATION_BUCKETS, ChildState, ConfigStatus, readiness
 from supervisor.streams import CLIENT_REASONS
 from supervisor.tree import TreeView
 
@@ -133,12 +133,38 @@ class SupervisorCollector(Collector):
         info = InfoMetricFamily("supervisor_build", "Version of the supervisor, the Python and the event loop")
         info.add_metric([], {"version": __version__, "python": platform.python_version(), "loop": self._loop_name})
         yield info
+        yield from _config_families(snap.config)
 
     def _now(self) -> float:
         try:
             return self._sup.now()
         except RuntimeError:  # collected outside the loop (a test calling registry.collect())
             return 0.0
+
+
+def _config_families(config: ConfigStatus) -> Iterable[Metric]:
+    """Which config runs and how reloads went, named like Prometheus' own ``prometheus_config_*``."""
+    info = InfoMetricFamily("supervisor_config", "The config file running and its sha256")
+    info.add_metric([], {"file": config.source, "sha256": config.digest})
+    yield info
+    yield GaugeMetricFamily(
+        "supervisor_config_last_reload_successful",
+        "1 if the last reload applied everything (or none was tried yet), 0 if it was invalid or failed",
+        value=float(config.last_reload_ok),
+    )
+    yield GaugeMetricFamily(
+        "supervisor_config_last_reload_success_timestamp_seconds",
+        "Unix time the running config was loaded: at start, or by the last reload that applied",
+        value=config.last_success_at,
+    )
+    reloads = CounterMetricFamily(
+        "supervisor_config_reloads",
+        "Reloads by result: success, failure (a new generation or socket failed), invalid (the file has errors)",
+        labels=["result"],
+    )
+    for result, count in config.reloads:
+        reloads.add_metric([result], float(count))
+    yield reloads
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:

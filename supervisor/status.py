@@ -7,9 +7,10 @@ imports no aiomonitor.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
-from supervisor.state import ChildState, TreeSnapshot, readiness
+from supervisor.state import ChildState, ConfigStatus, TreeSnapshot, readiness
 from supervisor.tree import TreeView
 
 
@@ -46,7 +47,12 @@ def status_json(supervisor: TreeView) -> str:
     snap = supervisor.snapshot()
     ready, why = readiness(snap)
     tree = {"ready": ready, "not_ready_because": why or None, "shutting_down": snap.shutting_down}
-    return json.dumps({**tree, "servers": status_rows(supervisor)})
+    c = snap.config
+    config = {
+        "file": c.source, "sha256": c.digest, "loaded_at": c.loaded_at, "reloading": c.reloading,
+        "last_reload_successful": c.last_reload_ok, "reloads": dict(c.reloads),
+    }  # fmt: skip
+    return json.dumps({**tree, "config": config, "servers": status_rows(supervisor)})
 
 
 STATUS_HEAD = ("server", "state", "address", "uptime", "restarts", "conns", "last error")
@@ -74,8 +80,17 @@ def status_table(supervisor: TreeView) -> list[str]:
     widths = [max(len(row[i]) for row in [STATUS_HEAD, *rows]) for i in range(len(STATUS_HEAD))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*STATUS_HEAD).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+    lines.append(config_line(snap.config))
     lines.append(f"supervisor: {_summary(supervisor, snap)}")
     return lines
+
+
+def config_line(c: ConfigStatus) -> str:
+    """``config: prod.yaml sha256 3f2a9c1e07bb loaded 2026-12-02 10:31:07, reloads: 2 success, 1 invalid``"""
+    loaded = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.loaded_at))
+    counts = ", ".join(f"{n} {result}" for result, n in c.reloads if n) or "none"
+    last = " (reloading now)" if c.reloading else "" if c.last_reload_ok else " (the last one failed: see the log)"
+    return f"config: {c.source} sha256 {c.digest[:12] or '-'} loaded {loaded}, reloads: {counts}{last}"
 
 
 def _summary(supervisor: TreeView, snap: TreeSnapshot) -> str:

@@ -50,7 +50,8 @@ def test_status_restart_stop_start(tmp_path: Path) -> None:
         assert lines[0].split() == ["server", "state", "address", "uptime", "restarts", "conns", "last", "error"]
         assert re.fullmatch(rf"echo\s+running\s+127\.0\.0\.1:{ports['echo']}\s+\S+s\s+0\s+0/0\s+-", lines[1])
         assert re.fullmatch(rf"web\s+running\s+127\.0\.0\.1:{ports['web']}\s+\S+s\s+0\s+0/0\s+-", lines[2])
-        assert lines[3] == "supervisor: ready, 2/2 server(s) running"
+        assert re.fullmatch(r"config: \S+\.yaml sha256 [0-9a-f]{12} loaded \S+ \S+, reloads: none", lines[3])
+        assert lines[4] == "supervisor: ready, 2/2 server(s) running"
         assert "\x1b" not in status.stdout
 
         by_name = ctl("--host", "localhost", "--port", p, "status")

@@ -4,14 +4,17 @@ break, a failed new generation, an invalid file, one reload at a time, and a sto
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
 import pytest
 
+from supervisor.collector import make_registry
 from supervisor.commands import Command
 from supervisor.errors import GaveUp
 from supervisor.state import ChildState
+from supervisor.status import status_json, status_table
 from tests import apps
 from tests.e2e_util import free_port
 from tests.helpers import (
@@ -271,3 +274,28 @@ async def test_removed_servers_drain_within_their_budget(tmp_path: Path) -> None
         async with asyncio.timeout(DEADLINE):
             assert await conn[0].readline() == b"done\n"
         conn[1].close()
+
+
+async def test_reloads_are_visible_in_metrics_and_status(tmp_path: Path) -> None:
+    text = """
+    servers:
+      - {name: s, handler: "tests.apps:journaled", port: 0, options: {v: 1}}
+    """
+    async with running(plan_from(tmp_path, text)) as sup:
+        registry = make_registry(sup, "asyncio")
+        digest = sup.snapshot().config.digest
+        assert registry.get_sample_value("supervisor_config_info", {"file": sup.plan.source, "sha256": digest}) == 1
+        assert registry.get_sample_value("supervisor_config_last_reload_successful") == 1
+        write_config_file(tmp_path, text.replace("port: 0", "port: -1"))
+        assert (await sup.reload("test")).invalid
+        assert registry.get_sample_value("supervisor_config_last_reload_successful") == 0
+        assert registry.get_sample_value("supervisor_config_reloads_total", {"result": "invalid"}) == 1
+        assert "reloads: 1 invalid (the last one failed: see the log)" in status_table(sup)[-2]
+        write_config_file(tmp_path, text.replace("{v: 1}", "{v: 2}"))
+        assert (await sup.reload("test")).ok
+        assert registry.get_sample_value("supervisor_config_last_reload_successful") == 1
+        assert registry.get_sample_value("supervisor_config_reloads_total", {"result": "success"}) == 1
+        new = sup.snapshot().config.digest
+        assert new != digest
+        assert registry.get_sample_value("supervisor_config_info", {"file": sup.plan.source, "sha256": new}) == 1
+        assert json.loads(status_json(sup))["config"]["sha256"] == new
