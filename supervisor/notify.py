@@ -1,6 +1,8 @@
 """systemd's notify protocol (sd_notify), for ``Type=notify`` units. A read-only view of the tree.
 
 * ``READY=1`` once every server is bound and serving (not merely when the process started);
+* ``RELOADING=1`` with ``MONOTONIC_USEC=`` when a reload begins, and ``READY=1`` with a one-line ``STATUS=`` once
+  it is done (applied or not: the supervisor serves either way);
 * ``STOPPING=1`` when the ordered shutdown begins;
 * ``WATCHDOG=1`` every ``WATCHDOG_USEC / 2`` while the event loop runs: pings come from the loop itself,
   so a loop blocked by a handler stops them and systemd restarts the unit (``WatchdogSec=``).
@@ -15,9 +17,11 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 
 from supervisor.plan import Plan
+from supervisor.state import TreeSnapshot
 from supervisor.tree import TreeView
 
 LOGGER = logging.getLogger("supervisor")
@@ -80,9 +84,25 @@ async def _lifecycle(notifier: Notifier, supervisor: TreeView) -> None:
         raise
     notifier.send("READY=1", f"STATUS=serving {len(addresses)} server(s)", f"MAINPID={os.getpid()}")
     LOGGER.info("sd_notify: READY=1 sent")
-    while not supervisor.snapshot().shutting_down:
+    announced = False  # RELOADING=1 sent for the reload under way
+    finished = _reloads(supervisor.snapshot())
+    while not (snap := supervisor.snapshot()).shutting_down:
+        # systemd (Type=notify-reload) waits for RELOADING=1 and then READY=1 after its SIGHUP: send both for
+        # every reload, even one that began and ended (an invalid file) between two snapshots seen here
+        if (snap.config.reloading or _reloads(snap) > finished) and not announced:
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            notifier.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading the config")
+            announced = True
+        if _reloads(snap) > finished:
+            finished, announced = _reloads(snap), snap.config.reloading
+            outcome = "applied" if snap.config.last_reload_ok else "failed (see the log)"
+            notifier.send("READY=1", f"STATUS=serving {len(snap.children)} server(s); last reload {outcome}")
         await supervisor.changed()
     notifier.send("STOPPING=1", "STATUS=shutting down")
+
+
+def _reloads(snap: TreeSnapshot) -> int:
+    return sum(n for _, n in snap.config.reloads)
 
 
 async def _watchdog(notifier: Notifier, interval: float) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from supervisor import Supervisor
 from supervisor.notify import notify_view, watchdog_interval
-from tests.helpers import DEADLINE, plan_from
+from tests.helpers import DEADLINE, plan_from, write_config_file
 
 CONFIG = """
 servers:
@@ -46,6 +46,31 @@ async def test_ready_after_all_servers_then_stopping(tmp_path: Path, systemd: so
         ready = await receive(systemd)
         assert sup.ready.done()  # sent only once every server serves
         assert ready.split("\n") == ["READY=1", "STATUS=serving 2 server(s)", f"MAINPID={os.getpid()}"]
+        sup.request_stop("test")
+        assert (await receive(systemd)).startswith("STOPPING=1")
+        await task
+
+
+async def test_a_reload_sends_reloading_then_ready(tmp_path: Path, systemd: socket.socket) -> None:
+    """What systemd's Type=notify-reload expects: RELOADING=1 with the monotonic time, then READY=1."""
+    sup = Supervisor(plan_from(tmp_path, CONFIG))
+    env = {"NOTIFY_SOCKET": systemd.getsockname()}
+    async with notify_view(sup.plan, sup, env):
+        task = asyncio.create_task(sup.serve())
+        assert (await receive(systemd)).startswith("READY=1")
+        write_config_file(tmp_path, CONFIG + '  - {name: c, handler: "tests.apps:lines", port: 0}\n')
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert (await sup.reload("test")).ok
+        reloading = (await receive(systemd)).split("\n")
+        assert reloading[0] == "RELOADING=1"
+        usec = int(reloading[1].removeprefix("MONOTONIC_USEC="))
+        assert before <= usec <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert (await receive(systemd)).split("\n") == ["READY=1", "STATUS=serving 3 server(s); last reload applied"]
+        write_config_file(tmp_path, "servers: 3")  # invalid: begins and ends in one step of the loop
+        assert (await sup.reload("test")).invalid
+        assert (await receive(systemd)).startswith("RELOADING=1\nMONOTONIC_USEC=")
+        failed = "STATUS=serving 3 server(s); last reload failed (see the log)"
+        assert (await receive(systemd)).split("\n") == ["READY=1", failed]
         sup.request_stop("test")
         assert (await receive(systemd)).startswith("STOPPING=1")
         await task
