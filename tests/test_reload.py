@@ -13,6 +13,7 @@ import pytest
 from supervisor.collector import make_registry
 from supervisor.commands import Command
 from supervisor.errors import GaveUp
+from supervisor.plandiff import diff
 from supervisor.state import ChildState
 from supervisor.status import status_json, status_table
 from tests import apps
@@ -299,3 +300,34 @@ async def test_reloads_are_visible_in_metrics_and_status(tmp_path: Path) -> None
         assert new != digest
         assert registry.get_sample_value("supervisor_config_info", {"file": sup.plan.source, "sha256": new}) == 1
         assert json.loads(status_json(sup))["config"]["sha256"] == new
+
+
+def test_the_diff_compares_what_the_user_wrote_not_the_start_order(tmp_path: Path) -> None:
+    old = plan_from(
+        tmp_path,
+        """
+        servers:
+          - {name: a, handler: "tests.apps:lines", port: 0}
+          - {name: b, handler: "tests.apps:lines", port: 0, after: [a]}
+          - {name: c, handler: "tests.apps:journaled", port: 0, options: {v: 1}}
+        """,
+    )
+    new = plan_from(
+        tmp_path,
+        """
+        supervisor: {max_restarts: 9}
+        servers:
+          - {name: first, handler: "tests.apps:lines", port: 0}
+          - {name: a, handler: "tests.apps:lines", port: 0}
+          - {name: b, handler: "tests.apps:lines", port: 0, after: [a]}
+          - {name: c, handler: "tests.apps:journaled", port: 1, options: {v: 2}}
+        """,
+    )
+    d = diff(old.servers, old, new)
+    assert [p.rank for p in new.servers if p.name == "b"] != [p.rank for p in old.servers if p.name == "b"]
+    assert d.unchanged == ("a", "b")  # inserting "first" moved their rank, nothing they wrote
+    assert d.changed == {"c": ("port", "options")}
+    assert d.moved == ("c",)
+    assert d.added == ("first",)
+    assert d.supervisor == ("max_restarts",)
+    assert diff(new.servers, new, old).removed == ("first",)
