@@ -18,9 +18,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
-from supervisor import control
+from supervisor import control, events
 from supervisor.address import Address
 from supervisor.child import PENDING, Child
 from supervisor.commands import Command, Result
@@ -39,34 +38,6 @@ from supervisor.state import ChildState, ConfigStatus, ServerStats, TreeSnapshot
 LOGGER = logging.getLogger("supervisor")
 
 
-@dataclass(frozen=True, slots=True)
-class _Ended:
-    child: Child
-    gen: Generation | None  # None: the socket could not even be bound
-    reason: Reason
-
-
-@dataclass(frozen=True, slots=True)
-class _Ready:
-    child: Child
-    gen: Generation
-
-
-@dataclass(frozen=True, slots=True)
-class _Control:
-    command: Command
-    child: Child
-    handled: asyncio.Future[None]  # resolved once the coordinator acted on it
-
-
-@dataclass(frozen=True, slots=True)
-class _Reload:
-    reload: Reload  # prepared: its plan loaded and diffed, its new sockets bound
-
-
-_Event = _Ended | _Ready | _Control | _Reload | None  # None only wakes the loop (stop request, backoff timer)
-
-
 class Supervisor:
     def __init__(
         self, plan: Plan, *, clock: Callable[[], float] | None = None, rand: Callable[[], float] = random.random
@@ -82,7 +53,7 @@ class Supervisor:
         self._reload: Reload | None = None  # the one reload under way
         self._snapshot = TreeSnapshot(tuple(c.status() for c in self.children))
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._events: asyncio.Queue[_Event] = asyncio.Queue()
+        self._events: asyncio.Queue[events.Event] = asyncio.Queue()
         self._stop = asyncio.Event()
         # done on a second stop request: cuts every wait (drains, lifespan enters and exits, the shutdown)
         self._force: asyncio.Future[None] = loop.create_future()
@@ -168,7 +139,7 @@ class Supervisor:
         if self._stop.is_set():  # a stop came while the new sockets were bound
             reload.interrupt()
         else:
-            self._post(_Reload(reload))
+            self._post(events.Reload(reload))
         return await asyncio.shield(reload.done)
 
     # seams for control.request / control.apply and the shutdown
@@ -186,7 +157,7 @@ class Supervisor:
 
     def post_control(self, command: Command, child: Child) -> asyncio.Future[None]:
         handled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._post(_Control(command, child, handled))
+        self._post(events.Control(command, child, handled))
         return handled
 
     def stop_generation(self, child: Child, *, restart: bool = True) -> None:
@@ -277,27 +248,27 @@ class Supervisor:
                 self._publish()
             event = await self._events.get()
             reload = self._reload
-            if isinstance(event, _Ended):
+            if isinstance(event, events.Ended):
                 if event.gen is not None and event.gen is event.child.next and reload is not None:
                     reload.failed(event.child, event.gen, event.reason)
                 elif not self._shutting_down and event.child not in self._retired:  # the shutdown drains them
                     self._outcomes.ended(event.child, event.gen, event.reason)
-            elif isinstance(event, _Ready):
+            elif isinstance(event, events.Ready):
                 if event.gen is event.child.next and reload is not None:
                     reload.ready(event.child, event.gen)
                 else:
                     self._ready(event.child, event.gen)
-            elif isinstance(event, _Control):
+            elif isinstance(event, events.Control):
                 control.apply(self, event.command, event.child)
                 if not event.handled.done():
                     event.handled.set_result(None)
-            elif isinstance(event, _Reload):
+            elif isinstance(event, events.Reload):
                 event.reload.apply()
 
     async def _reconcile(self) -> None:
         """Start every wanted server that is down, due, and whose ``after`` servers are running.
 
-        Starts don't wait for each other here: readiness comes back as a _Ready event, so one slow
+        Starts don't wait for each other here: readiness comes back as an events.Ready, so one slow
         lifespan never holds up restarts, control requests or the shutdown of the others.
         """
         for child in self.children:
@@ -337,7 +308,7 @@ class Supervisor:
             try:
                 listener = Listener.bind(child.plan, child.stats)
             except OSError as exc:
-                self._post(_Ended(child, None, exc))
+                self._post(events.Ended(child, None, exc))
                 child.gen = PENDING  # keeps reconcile from retrying before the failure is handled
                 self.set_state(child, ChildState.STARTING)
                 return
@@ -355,7 +326,7 @@ class Supervisor:
         self._tasks.add(gen.task)
         gen.task.add_done_callback(lambda _t: self._gone(child, gen))
         gen.task.add_done_callback(self._task_done)
-        gen.ready.add_done_callback(lambda _f: self._post(_Ready(child, gen)))
+        gen.ready.add_done_callback(lambda _f: self._post(events.Ready(child, gen)))
         return gen
 
     def _gone(self, child: Child, gen: Generation) -> None:
@@ -365,7 +336,7 @@ class Supervisor:
 
     def _ready(self, child: Child, gen: Generation) -> None:
         if child.gen is not gen or gen.ready.cancelled() or gen.ready.exception() is not None:
-            return  # failed or replaced before it was ready: its _Ended event tells the story
+            return  # failed or replaced before it was ready: its events.Ended tells the story
         self.serving(child, gen)
         child.flush()
         LOGGER.info("server %s listening on %s (generation %d)", child.name, child.address, gen.number)
@@ -386,14 +357,14 @@ class Supervisor:
 
     # -- how generations end ---------------------------------------------------------------------------------------
 
-    def _post(self, event: _Event) -> None:
+    def _post(self, event: events.Event) -> None:
         self._events.put_nowait(event)
 
     def _on_end(self, gen: Generation, reason: Reason) -> None:
         child = self._by_name.get(gen.plan.name)
         if child is None or gen not in child.live:  # a removed server's generation
             child = next(c for c in self._retired if gen in c.live)
-        self._post(_Ended(child, gen, reason))
+        self._post(events.Ended(child, gen, reason))
 
     # -- publishing ------------------------------------------------------------------------------------------------
 
