@@ -173,7 +173,7 @@ def test_shutdown_does_not_hang_with_a_repl_session_open(tmp_path: Path) -> None
     )
     with SupervisorProcess(config) as sp:
         sp.ready()
-        with contextlib.closing(ConsoleClient("127.0.0.1", port, timeout=15)) as client:
+        with contextlib.closing(ConsoleClient("127.0.0.1", port, timeout=40)) as client:
             client.connect()
             client.wait_prompt()
             client.wait_for(r"---\s+>>> ", client.send_line("console"))  # the REPL runs on the supervisor's loop
