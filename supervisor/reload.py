@@ -170,19 +170,16 @@ class Reload:
             self._waiting[child.name] = True  # its line is written once it settles
             return
         # nothing serving (backoff, stopped, failed): the next start uses the new plan
-        child.plan = plan
-        child.backoff.spec = plan.backoff
-        if listener is not None:
-            self._tree.release(child)
-            child.listener = listener
         if child.state is ChildState.FAILED:  # a server given up on gets its chance with the new config
             child.wanted, child.served, child.start_failures, child.not_before = True, False, 0, 0.0
             child.backoff.failures = 0
             self._tree.set_state(child, ChildState.STARTING)
+        if not child.wanted and listener is not None:  # stopped on purpose: its port stays closed until `start`
+            listener.close()
+            listener = None
+        self._take(child, plan, listener)
         if child.wanted:
             self._waiting[child.name] = False
-        elif listener is not None:  # stopped on purpose: its port stays closed until `start`
-            self._tree.release(child)
         self._say(f"server {child.name} changed ({keys}): {child.state.value}, its next start uses the new config")
 
     # -- settle: warm generations, in dependency order -------------------------------------------------------------
@@ -195,11 +192,7 @@ class Reload:
         if child.next is not None:
             return
         if child.gen is None:  # the serving generation ended meanwhile: its restart uses the new plan
-            listener, child.pending, child.pending_listener = child.pending_listener, None, None
-            child.plan, child.backoff.spec = plan, plan.backoff
-            if listener is not None:
-                tree.release(child)
-                child.listener = listener
+            self._take(child, plan, child.pending_listener)
             self._waiting[child.name] = False
             return
         deps = [tree.child(d) for d in plan.after]
@@ -207,14 +200,18 @@ class Reload:
             child.next = tree.spawn(child, plan, child.pending_listener or child.listener)  # type: ignore[arg-type]
             tree.set_state(child, child.state)  # published with the warm generation's number
 
+    def _take(self, child: Child, plan: ServerPlan, listener: Listener | None) -> None:
+        """``child`` runs ``plan`` from now on; a moved server's new socket replaces the old one, closed now."""
+        child.plan, child.pending, child.pending_listener = plan, None, None
+        child.backoff.spec = plan.backoff
+        if listener is not None:
+            self._tree.release(child)
+            child.listener = listener
+
     def ready(self, child: Child, gen: Generation) -> None:
         """The warm generation is serving (it attached itself to the socket): the old one stops and drains."""
         old, child.gen, child.next = child.gen, gen, None
-        child.plan, child.pending = gen.plan, None
-        child.backoff.spec = gen.plan.backoff
-        if (listener := child.pending_listener) is not None:  # moved: the old socket stops accepting now
-            self._tree.release(child)
-            child.listener, child.pending_listener = listener, None
+        self._take(child, gen.plan, child.pending_listener)  # moved: the old socket stops accepting now
         if isinstance(old, Generation):
             old.stop(None)
             old.start_drain(old.plan.shutdown_timeout, restart=True)
@@ -274,7 +271,7 @@ class Reload:
         head = f"reload ({self.trigger}) {'applied' if ok else 'failed'} in {took * 1000:.0f} ms"
         summary = f"{head}; config sha256 {self.plan.digest[:12]}"
         if not ok:
-            summary += f"; not applied: {', '.join(self._failed)} (the old generation keeps serving)"
+            summary += f"; not applied: {', '.join(self._failed)} (see the lines above; a reload retries them)"
         LOGGER.log(logging.INFO if ok else logging.ERROR, "%s", summary)
         result = Result(ok, "\n".join([*self._lines, summary]))
         self._end("success" if ok else "failure", result, digest=self.plan.digest)
@@ -286,10 +283,11 @@ class Reload:
             self._end("failure", Result(False, "reload interrupted: the supervisor is shutting down"))
 
     def _end(self, result: str, outcome: Result, digest: str = "") -> Result:
+        if self.done.done():  # interrupted by a shutdown while it was preparing: counted once, already
+            return self.done.result()
         status = dataclasses.replace(self._status.count(result), reloading=False, last_reload_ok=outcome.ok)
         if outcome.ok:
             status = dataclasses.replace(status, digest=digest, loaded_at=time.time(), last_success_at=time.time())
         self._tree.reloaded(status)
-        if not self.done.done():
-            self.done.set_result(outcome)
+        self.done.set_result(outcome)
         return outcome

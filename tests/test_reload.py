@@ -204,7 +204,7 @@ async def test_one_reload_at_a_time(tmp_path: Path) -> None:
         assert not sup.snapshot().config.reloading
 
 
-async def test_a_stop_during_a_reload_shuts_down_in_order(tmp_path: Path) -> None:
+async def test_a_stop_during_a_reload_ends_it_and_the_shutdown_completes(tmp_path: Path) -> None:
     async with running(plan_from(tmp_path, BASE)) as sup:
         write_config_file(tmp_path, BASE.replace("greeting: one", "greeting: two"))
         reload = asyncio.create_task(sup.reload("test"))
