@@ -3,10 +3,12 @@
 The supervisor's loop is the only writer. Views on other threads (the aiomonitor console) read
 ``TreeSnapshot`` objects, which are immutable, so no lock is needed beyond the reference swap.
 ``ServerStats`` are plain counters bumped on the per-connection path: no locks, no allocations.
+:class:`Publisher` holds the last snapshot and the ``changed()`` future waiters use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import dataclasses
 import enum
@@ -115,3 +117,24 @@ def readiness(snap: TreeSnapshot) -> tuple[bool, str]:
 
 def _why(c: ChildStatus) -> str:
     return f"{c.name} ({c.state.value}: {c.last_error})" if c.last_error else f"{c.name} ({c.state.value})"
+
+
+class Publisher:
+    """The last published snapshot, and a future replaced on every publish so no waiter can miss a change."""
+
+    def __init__(self, first: TreeSnapshot) -> None:
+        self._snapshot = first
+        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def snapshot(self) -> TreeSnapshot:
+        """Thread-safe: the reference swap is the only write."""
+        return self._snapshot
+
+    async def changed(self) -> TreeSnapshot:
+        await asyncio.shield(self._changed)
+        return self._snapshot
+
+    def publish(self, snapshot: TreeSnapshot) -> None:
+        self._snapshot = snapshot
+        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        changed.set_result(None)

@@ -1,12 +1,10 @@
-"""The coordinator: the one writer of the running tree. It starts generations, reacts to how they end, applies
-control requests, and publishes an immutable snapshot after every change.
+"""The coordinator: the one writer of the running tree. Its loop reacts to events (generations that end or become
+ready, backoff timers, control requests, reloads), and it publishes an immutable snapshot after every change.
 
-``Supervisor.serve()`` has three phases: startup (servers in dependency order, each waiting for the ones it
-comes ``after``), wait (react to events: generations that end or become ready, backoff timers, control
-requests), and the ordered shutdown (shutdown.py). What happens after a generation ends is outcomes.py
-(which asks restart.decide()); what a control command does is control.apply(). Every generation runs as a
-task of one ``asyncio.TaskGroup``, but the TaskGroup is not the supervisor: a generation never lets an
-exception escape, it reports through ``on_end``. Views read only the snapshot and the counters, through tree.TreeView.
+``serve()``: startup and wait (starter.py starts what is due, in dependency order), then the ordered shutdown
+(shutdown.py). How a generation's end is handled is outcomes.py; a control command, control.apply(); a reload,
+reload.py. Each of those changes the tree through the small public seams below. Views read only the snapshot
+and the counters, through tree.TreeView.
 """
 
 from __future__ import annotations
@@ -21,10 +19,9 @@ from collections.abc import Callable, Mapping
 
 from supervisor import control, events
 from supervisor.address import Address
-from supervisor.child import PENDING, Child
+from supervisor.child import Child
 from supervisor.commands import Command, Result
 from supervisor.errors import GaveUp
-from supervisor.generation import Generation, Reason
 from supervisor.listener import Listener
 from supervisor.loopguard import LoopGuard
 from supervisor.outcomes import Outcomes
@@ -33,7 +30,8 @@ from supervisor.reload import Reload
 from supervisor.restart import Backoff, Intensity
 from supervisor.shutdown import OrderedShutdown
 from supervisor.spec import SupervisorSpec
-from supervisor.state import ChildState, ConfigStatus, ServerStats, TreeSnapshot
+from supervisor.starter import Starter
+from supervisor.state import ChildState, ConfigStatus, Publisher, ServerStats, TreeSnapshot
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -51,20 +49,18 @@ class Supervisor:
         self._clock = clock
         self._config = ConfigStatus(plan.source, plan.digest, time.time(), last_success_at=time.time())
         self._reload: Reload | None = None  # the one reload under way
-        self._snapshot = TreeSnapshot(tuple(c.status() for c in self.children))
+        self._published = Publisher(TreeSnapshot(tuple(c.status() for c in self.children)))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: asyncio.Queue[events.Event] = asyncio.Queue()
         self._stop = asyncio.Event()
         # done on a second stop request: cuts every wait (drains, lifespan enters and exits, the shutdown)
         self._force: asyncio.Future[None] = loop.create_future()
-        # replaced by a fresh future on every publish, so no waiter can miss a change
-        self._changed: asyncio.Future[None] = loop.create_future()
-        self._tasks: set[asyncio.Task[None]] = set()  # every generation's task still running
         self._shutting_down = False
         self._gave_up: str | None = None
-        self._wake_at: float | None = None  # the earliest pending backoff wake-up
         self._intensity = Intensity(plan.supervisor.max_restarts, plan.supervisor.restart_window, self.now)
         self._outcomes = Outcomes(self, self._intensity)
+        self._starter = Starter(self, self._outcomes, self._force)
+        self.spawn, self.serving = self._starter.spawn, self._starter.serving  # seams for the reload
         self.stop_reason = ""
         # The readiness handshake: resolves with every bound address once all servers serve.
         self.ready: asyncio.Future[list[Address]] = loop.create_future()
@@ -74,12 +70,11 @@ class Supervisor:
 
     def snapshot(self) -> TreeSnapshot:
         """Thread-safe: the last published immutable snapshot."""
-        return self._snapshot
+        return self._published.snapshot()
 
     async def changed(self) -> TreeSnapshot:
         """Wait for the next published change and return the new snapshot (for views and tests)."""
-        await asyncio.shield(self._changed)
-        return self._snapshot
+        return await self._published.changed()
 
     def counters(self) -> Mapping[str, ServerStats]:
         """Each server's live counters (plain ints bumped per connection): read them, never write them."""
@@ -112,7 +107,7 @@ class Supervisor:
             return
         self.stop_reason = reason
         self._stop.set()
-        self._post(None)
+        self.post(None)
 
     async def control(self, command: Command | str, name: str | None = None) -> Result:
         return await control.request(self, Command(command), name)
@@ -139,14 +134,22 @@ class Supervisor:
         if self._stop.is_set():  # a stop came while the new sockets were bound
             reload.interrupt()
         else:
-            self._post(events.Reload(reload))
+            self.post(events.Reload(reload))
         return await asyncio.shield(reload.done)
 
-    # seams for control.request / control.apply and the shutdown
+    # seams for control, outcomes, the starter and the shutdown
 
     @property
     def shutting_down(self) -> bool:
         return self._shutting_down
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def under_way(self) -> Reload | None:
+        return self._reload
 
     @property
     def names(self) -> list[str]:
@@ -157,8 +160,16 @@ class Supervisor:
 
     def post_control(self, command: Command, child: Child) -> asyncio.Future[None]:
         handled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._post(events.Control(command, child, handled))
+        self.post(events.Control(command, child, handled))
         return handled
+
+    def post(self, event: events.Event) -> None:
+        self._events.put_nowait(event)
+
+    def gone(self, child: Child) -> None:
+        """The last generation of ``child`` ended: a removed server is done draining."""
+        if child in self._retired and not self._shutting_down:
+            self._retired.remove(child)
 
     def stop_generation(self, child: Child, *, restart: bool = True) -> None:
         gen, child.gen = child.gen, None
@@ -238,7 +249,7 @@ class Supervisor:
 
     async def _run(self) -> None:
         while not self._stop.is_set():
-            await self._reconcile()
+            await self._starter.reconcile()
             if self._reload is not None and self._reload.applied:
                 self._reload.progress()  # settles what the reconcile started for it; finishes it once none is left
             if not self.ready.done() and all(c.state is ChildState.RUNNING for c in self.children if c.wanted):
@@ -257,7 +268,7 @@ class Supervisor:
                 if event.gen is event.child.next and reload is not None:
                     reload.ready(event.child, event.gen)
                 else:
-                    self._ready(event.child, event.gen)
+                    self._starter.ready(event.child, event.gen)
             elif isinstance(event, events.Control):
                 control.apply(self, event.command, event.child)
                 if not event.handled.done():
@@ -265,118 +276,15 @@ class Supervisor:
             elif isinstance(event, events.Reload):
                 event.reload.apply()
 
-    async def _reconcile(self) -> None:
-        """Start every wanted server that is down, due, and whose ``after`` servers are running.
-
-        Starts don't wait for each other here: readiness comes back as an events.Ready, so one slow
-        lifespan never holds up restarts, control requests or the shutdown of the others.
-        """
-        for child in self.children:
-            if self._stop.is_set():
-                return
-            if child.pending is not None and self._reload is not None:
-                self._reload.due(child)
-            if not child.wanted or child.gen is not None or child.next is not None:
-                continue
-            if (wait := child.not_before - self.now()) > 0:
-                # A timer may fire a hair early by loop.time() (uvloop rounds to milliseconds):
-                # always leave a wake-up behind for a server that is not due yet.
-                self._wake_in(wait)
-                continue
-            # a dependency a reload is changing counts as started once its new generation took over
-            deps = [self._by_name[d] for d in child.plan.after]
-            waiting = [d for d in deps if d.state is not ChildState.RUNNING or d.pending is not None]
-            if not waiting:
-                await self._start(child)
-            elif dead := [d for d in waiting if not d.wanted and d.state is ChildState.FAILED]:
-                self._outcomes.orphaned(child, dead[0])
-
-    def _wake_in(self, seconds: float) -> None:
-        assert self._loop is not None
-        due = self._loop.time() + max(seconds, 0.001)
-        if self._wake_at is None or due < self._wake_at:
-            self._wake_at = due
-            self._loop.call_at(due, self._woken, due)
-
-    def _woken(self, due: float) -> None:
-        if self._wake_at == due:
-            self._wake_at = None
-        self._post(None)
-
-    async def _start(self, child: Child) -> None:
-        if child.listener is None:
-            try:
-                listener = Listener.bind(child.plan, child.stats)
-            except OSError as exc:
-                self._post(events.Ended(child, None, exc))
-                child.gen = PENDING  # keeps reconcile from retrying before the failure is handled
-                self.set_state(child, ChildState.STARTING)
-                return
-            child.listener = listener
-            await listener.start()
-        child.gen = self.spawn(child, child.plan, child.listener)
-        self.set_state(child, ChildState.STARTING)  # published with the new generation's number
-
-    def spawn(self, child: Child, plan: ServerPlan, listener: Listener) -> Generation:
-        """Start a generation of ``child`` on ``listener``; its readiness and its end come back as events."""
-        child.generation += 1
-        gen = Generation(plan, child.generation, listener, child.stats, self._force, self._on_end)
-        child.live.add(gen)
-        gen.task = asyncio.get_running_loop().create_task(gen.run(), name=f"server:{child.name}")
-        self._tasks.add(gen.task)
-        gen.task.add_done_callback(lambda _t: self._gone(child, gen))
-        gen.task.add_done_callback(self._task_done)
-        gen.ready.add_done_callback(lambda _f: self._post(events.Ready(child, gen)))
-        return gen
-
-    def _gone(self, child: Child, gen: Generation) -> None:
-        child.live.discard(gen)
-        if not child.live and child in self._retired and not self._shutting_down:
-            self._retired.remove(child)
-
-    def _ready(self, child: Child, gen: Generation) -> None:
-        if child.gen is not gen or gen.ready.cancelled() or gen.ready.exception() is not None:
-            return  # failed or replaced before it was ready: its events.Ended tells the story
-        self.serving(child, gen)
-        child.flush()
-        LOGGER.info("server %s listening on %s (generation %d)", child.name, child.address, gen.number)
-
-    def serving(self, child: Child, gen: Generation) -> None:
-        """``gen`` became ready and is ``child``'s serving generation now."""
-        child.address = str(gen.ready.result())
-        child.started_at = self.now()
-        child.served = True
-        child.start_failures = 0
-        self.set_state(child, ChildState.RUNNING)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:  # a generation reports, never raises
-            LOGGER.critical("internal error: %s raised %r; shutting down", task.get_name(), exc, exc_info=exc)
-            self.give_up(f"internal error in {task.get_name()}: {exc!r}")
-
-    # -- how generations end ---------------------------------------------------------------------------------------
-
-    def _post(self, event: events.Event) -> None:
-        self._events.put_nowait(event)
-
-    def _on_end(self, gen: Generation, reason: Reason) -> None:
-        child = self._by_name.get(gen.plan.name)
-        if child is None or gen not in child.live:  # a removed server's generation
-            child = next(c for c in self._retired if gen in c.live)
-        self._post(events.Ended(child, gen, reason))
-
-    # -- publishing ------------------------------------------------------------------------------------------------
-
     def _publish(self) -> None:
-        self._snapshot = TreeSnapshot(
-            children=tuple(c.status() for c in self.children),
-            started=self.ready.done() and not self.ready.cancelled(),
-            shutting_down=self._shutting_down,
-            config=self._config,
+        self._published.publish(
+            TreeSnapshot(
+                children=tuple(c.status() for c in self.children),
+                started=self.ready.done() and not self.ready.cancelled(),
+                shutting_down=self._shutting_down,
+                config=self._config,
+            )
         )
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
 
     def _server_at(self, fd: int) -> tuple[str, ServerStats] | None:
         """The server listening on ``fd`` (for the loop guard's accept errors)."""
