@@ -54,6 +54,26 @@ class Child:
     def hold(self, level: int, msg: str, *args: object, exc_info: BaseException | None = None) -> None:
         self.held.append(functools.partial(LOGGER.log, level, msg, *args, exc_info=exc_info))
 
+    def stop_serving(self, *, restart: bool) -> None:
+        """The serving generation stops accepting and drains within its budget (beside a restart, if one)."""
+        gen, self.gen = self.gen, None
+        if gen is not None:
+            gen.stop(None)
+            gen.start_drain(self.plan.shutdown_timeout, restart=restart)
+
+    def release(self, *, final: bool) -> None:
+        """Close the server's listener for good: its port is free, new clients are refused. ``final`` (the
+        shutdown) keeps the closed listener for the last drain to read and closes a reload's new socket too."""
+        if self.next is not None:  # a reload's warm generation: it ends, and the reload reports it
+            self.next.stop(None)
+        if self.listener is not None:
+            self.listener.close()
+            self.closing = self.listener.closed
+            if not final:
+                self.listener = None
+        if final and self.pending_listener is not None:
+            self.pending_listener.close()
+
     def flush(self) -> None:
         held, self.held = self.held, []
         for write in held:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from supervisor import reload
 from supervisor.child import Child
 from supervisor.commands import Command
 from supervisor.generation import Generation, Reason
+
+if TYPE_CHECKING:
+    from supervisor import reload
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
+from supervisor import session
 from supervisor.address import Address
 from supervisor.connections import Connections
 from supervisor.errors import StartTimeout, StopServer
@@ -24,8 +26,7 @@ from supervisor.handler import Handler, ServerContext, open_handler, set_current
 from supervisor.listener import Listener
 from supervisor.plan import ServerPlan
 from supervisor.state import ServerStats
-from supervisor.streams import Reader, bound_writer, client_fault
-from supervisor.throttle import folded
+from supervisor.streams import Reader
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -54,12 +55,14 @@ class Generation:
         self.task: asyncio.Task[None] | None = None
         self.spare_fresh = False  # a restart's drain: see streams.Reader
         self.conns = Connections(plan.name, number, stats)
-        self._listener = listener
+        self.listener = listener
+        self.handler: Handler | None = None  # set once the lifespan entered
+        # the per-connection path (session.py): one partial per generation, one coroutine per connection
+        self.serve: Callable[[Reader, asyncio.StreamWriter], Awaitable[None]] = functools.partial(session.serve, self)
         self._force = force
         self._on_end = on_end
         self._stop: asyncio.Future[Reason] = loop.create_future()
         self._drain_budget: asyncio.Future[float] = loop.create_future()
-        self._handler: Handler | None = None
         self._ended = False
         self._phase: asyncio.Timeout | None = None  # the bounded phase running now (enter or exit)
         self._exit_by: float | None = None  # loop time the drain budget ends
@@ -73,6 +76,11 @@ class Generation:
     def draining(self) -> bool:
         return self.ctx.draining.is_set()
 
+    @property
+    def stopped(self) -> bool:
+        """It has stopped taking connections (or is about to)."""
+        return self._stop.done()
+
     # -- requests from the coordinator -----------------------------------------------------------------------------
 
     def stop(self, reason: Reason = None) -> None:
@@ -81,7 +89,7 @@ class Generation:
             self._stop.set_result(reason)
             # detach at once, not when the task next runs: a connection accepted in between must
             # wait for the next generation, not join one that is about to drain
-            self._listener.detach(self)
+            self.listener.detach(self)
             if not self.ready.done():
                 self._cut_phase()  # still entering its lifespan: nothing to drain, don't wait for it
 
@@ -134,7 +142,7 @@ class Generation:
             self._force.remove_done_callback(self._forced)
             if not self.ready.done():
                 self.ready.cancel()  # stopped in the instant its lifespan finished entering
-            self._listener.detach(self)
+            self.listener.detach(self)
             self.ctx.draining.set()
             self.conns.cancel_all()
 
@@ -155,14 +163,14 @@ class Generation:
             ) from None
 
     async def _serve_and_drain(self, handler: Handler) -> None:
-        self._handler = handler
+        self.handler = handler
         if not self._stop.done():  # a stop requested while the lifespan entered: never attach
-            self._listener.attach(self)
-            self.ready.set_result(self._listener.address)
+            self.listener.attach(self)
+            self.ready.set_result(self.listener.address)
         try:
             reason = await self._stop
         finally:
-            self._listener.detach(self)
+            self.listener.detach(self)
         self._end(reason)
         loop = asyncio.get_running_loop()
         budget = await self._drain_budget
@@ -205,76 +213,3 @@ class Generation:
         if not self._ended:
             self._ended = True
             self._on_end(self, reason)
-
-    # -- connections (the per-connection path: keep it lean) ---------------------------------------------------
-
-    async def serve(self, reader: Reader, writer: asyncio.StreamWriter) -> None:
-        if self._stop.done():
-            # accepted in the instant this generation stopped: the next one serves it
-            await self._listener.dispatch(reader, writer)
-            return
-        if not reader.admitted and not self._listener.admit(writer):
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        assert self._handler is not None
-        set_current(self.ctx)  # the Server was made outside this generation: give handlers its context
-        plan = self.plan
-        loop = asyncio.get_running_loop()
-        started = reader.accepted_at = loop.time()
-        reader.owner = self
-        if plan.idle_timeout:
-            reader.arm_idle_timeout(plan.idle_timeout)
-        if plan.max_write_buffer:
-            bound_writer(writer, reader, plan.max_write_buffer)
-        conns = self.conns
-        conns.add(task, reader, writer)
-        stats = self.stats
-        stats.active += 1
-        stats.total += 1
-        try:
-            try:
-                await self._handler(reader, writer)
-            except StopServer as exc:
-                self.stop(exc)
-            except Exception as exc:  # noqa: BLE001 - whatever a handler raised is classified and counted here
-                self._handler_failed(exc, reader, writer)
-            if reader.ended_by:
-                stats.client_errors[reader.ended_by] += 1
-            writer.close()
-            if writer.transport.get_write_buffer_size():
-                # a slow reader is still owed bytes: stay in the registry, so the drain bounds it
-                await writer.wait_closed()
-        except asyncio.CancelledError:
-            if not conns.cancelling:
-                raise
-            # We cancelled it at the end of a drain. Ending quietly here is what stops 3.11.7 from
-            # logging a CancelledError traceback per connection (CPython gh-113538).
-            writer.transport.abort()
-        except (ConnectionError, OSError):
-            pass  # the client went away while we flushed
-        finally:
-            if plan.idle_timeout:
-                reader.disarm()
-            conns.remove(task)
-            stats.active -= 1
-            stats.observe_duration(loop.time() - started)
-            if not writer.transport.is_closing():
-                writer.close()
-
-    def _handler_failed(self, exc: Exception, reader: Reader, writer: asyncio.StreamWriter) -> None:
-        if reader.drained and isinstance(exc, asyncio.IncompleteReadError):
-            return  # the end-of-stream our drain gave a handler waiting between messages: nobody's fault
-        if (reason := client_fault(exc, reader, writer)) is not None:
-            # what a client sends, or how it leaves, is never the server's failure: close, count, one line at most
-            if not reader.ended_by:
-                self.stats.client_errors[reason] += 1
-            LOGGER.debug("server %s: client error (%s): %r", self.plan.name, reason, exc)
-            return
-        self.stats.handler_errors += 1
-        if self.plan.on_handler_error == "restart" and not self._stop.done():
-            self.stop(exc)  # the coordinator logs it as this server's failure
-        elif (more := self._listener.throttle(type(exc).__name__)) is not None:
-            LOGGER.warning(
-                "server %s: handler error, connection closed: %r%s", self.plan.name, exc, folded(more), exc_info=exc
-            )

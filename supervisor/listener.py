@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 from asyncio.selector_events import BaseSelectorEventLoop
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from supervisor.address import Address
@@ -29,7 +30,8 @@ class Generation(Protocol):
     @property
     def plan(self) -> ServerPlan: ...
 
-    async def serve(self, reader: Reader, writer: asyncio.StreamWriter) -> None: ...
+    @property
+    def serve(self) -> Callable[[Reader, asyncio.StreamWriter], Awaitable[None]]: ...
 
 
 class Listener:

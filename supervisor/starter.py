@@ -66,7 +66,7 @@ class Starter:
             if tree.stopping:
                 return
             if child.pending is not None and (reload := tree.under_way) is not None:
-                reload.due(child)
+                reload.rollover.due(child)
             if not child.wanted or child.gen is not None or child.next is not None:
                 continue
             if (wait := child.not_before - tree.now()) > 0:

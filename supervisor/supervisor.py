@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
-from supervisor import control, events
+from supervisor import control, events, reload
 from supervisor.address import Address
 from supervisor.child import Child
 from supervisor.commands import Command, Result
@@ -114,28 +114,7 @@ class Supervisor:
 
     async def reload(self, trigger: str = "reload") -> Result:
         """Re-read the config file and apply what changed (reload.py); one reload at a time."""
-        refusal = ""
-        if self._stop.is_set():
-            refusal = "the supervisor is shutting down"
-        elif not self.ready.done():
-            refusal = "the supervisor is still starting; reload once it is ready"
-        elif (under_way := self._reload) is not None:
-            since = time.monotonic() - under_way.started
-            refusal = f"a reload ({under_way.trigger}) is under way since {since:.1f}s; try again once it is done"
-        if refusal:
-            LOGGER.warning("reload (%s) refused: %s", trigger, refusal)
-            return Result(False, f"not reloading: {refusal}")
-        LOGGER.info("reload (%s): reading %s", trigger, self.plan.source)
-        self._reload = reload = Reload(self, trigger, self._config)
-        self._config = dataclasses.replace(self._config, reloading=True)
-        self._publish()
-        if (early := await reload.prepare()) is not None:
-            return early
-        if self._stop.is_set():  # a stop came while the new sockets were bound
-            reload.interrupt()
-        else:
-            self.post(events.Reload(reload))
-        return await asyncio.shield(reload.done)
+        return await reload.run(self, trigger)
 
     # seams for control, outcomes, the starter and the shutdown
 
@@ -172,22 +151,10 @@ class Supervisor:
             self._retired.remove(child)
 
     def stop_generation(self, child: Child, *, restart: bool = True) -> None:
-        gen, child.gen = child.gen, None
-        if gen is not None:
-            gen.stop(None)
-            gen.start_drain(child.plan.shutdown_timeout, restart=restart)
+        child.stop_serving(restart=restart)
 
     def release(self, child: Child) -> None:
-        """Close the server's listener for good: its port is free, new clients are refused."""
-        if child.next is not None:  # a reload's warm generation: it ends, and the reload reports it
-            child.next.stop(None)
-        if child.listener is not None:
-            child.listener.close()
-            child.closing = child.listener.closed
-            if not self._shutting_down:
-                child.listener = None
-        if self._shutting_down and child.pending_listener is not None:
-            child.pending_listener.close()
+        child.release(final=self._shutting_down)
 
     # seams for the reload (reload.py)
 
@@ -209,6 +176,10 @@ class Supervisor:
         """A reload's supervisor: section, from now on (the restart history is kept)."""
         self._intensity.max_restarts, self._intensity.window = spec.max_restarts, spec.restart_window
         self.guard.max_lag = spec.max_loop_lag
+
+    def begin(self, under_way: Reload) -> None:
+        self._reload, self._config = under_way, dataclasses.replace(self._config, reloading=True)
+        self._publish()
 
     def reloaded(self, status: ConfigStatus) -> None:
         self._reload, self._config = None, status
@@ -258,15 +229,15 @@ class Supervisor:
                 self.ready.set_result(addresses)
                 self._publish()
             event = await self._events.get()
-            reload = self._reload
+            under_way = self._reload
             if isinstance(event, events.Ended):
-                if event.gen is not None and event.gen is event.child.next and reload is not None:
-                    reload.failed(event.child, event.gen, event.reason)
+                if event.gen is not None and event.gen is event.child.next and under_way is not None:
+                    under_way.rollover.failed_to_start(event.child, event.gen, event.reason)
                 elif not self._shutting_down and event.child not in self._retired:  # the shutdown drains them
                     self._outcomes.ended(event.child, event.gen, event.reason)
             elif isinstance(event, events.Ready):
-                if event.gen is event.child.next and reload is not None:
-                    reload.ready(event.child, event.gen)
+                if event.gen is event.child.next and under_way is not None:
+                    under_way.rollover.ready(event.child, event.gen)
                 else:
                     self._starter.ready(event.child, event.gen)
             elif isinstance(event, events.Control):
