@@ -9,7 +9,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from supervisor.address import Address
 from supervisor.generation import Generation, Reason
 from supervisor.listener import Listener
 from supervisor.plan import ServerPlan
@@ -83,7 +82,7 @@ class Child:
         return ChildStatus(
             name=self.name,
             state=self.state,
-            address=self.address or str(Address(self.plan.host, self.plan.port)),
+            address=self.address or str(self.plan.address),
             restart=self.plan.restart,
             started_at=self.started_at,
             generation=self.generation,

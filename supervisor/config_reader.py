@@ -11,6 +11,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from supervisor import values as v
 from supervisor.spec import (
+    CLIENT_AUTH,
     HANDLER_ERROR_POLICIES,
     LOOPS,
     RESTART_TYPES,
@@ -21,6 +22,7 @@ from supervisor.spec import (
     MetricsSpec,
     ServerSpec,
     SupervisorSpec,
+    TlsSpec,
 )
 from supervisor.yamlnodes import REFUSED, NodeReader
 
@@ -106,10 +108,20 @@ class ConfigReader(NodeReader):
         f = self.mapping(node, p, _keys(ServerSpec))
         if f is None:
             return None
-        missing = [k for k in ("name", "handler", "port") if k not in f]
+        required = ("name", "handler") if "unix" in f else ("name", "handler", "port")
+        missing = [k for k in required if k not in f]
         for key in missing:
-            self.fail(node, f"{p}.{key}", "missing; every server needs name, handler and port")
+            self.fail(node, f"{p}.{key}", "missing; every server needs name, handler and port (or unix: a path)")
+        for key in ("port", "host") if "unix" in f else ("mode",):
+            if key in f:
+                other = "unix" if key != "mode" else "port"
+                self.fail(f.at(key, f[key]), f"{p}.{key}", f"not with {other}: a server listens on host and port, "
+                          "or on a unix socket path (with mode)")  # fmt: skip
         locations = {".": self.loc(node, p)} | {k: self.loc(f.at(k, v), f"{p}.{k}") for k, v in f.items()}
+        if isinstance(tls_node := f.get("tls"), MappingNode):  # the plan checks the files: it points at tls.KEY
+            for key_node, _ in tls_node.value:
+                if isinstance(key_node, ScalarNode) and isinstance(key_node.value, str):
+                    locations[f"tls.{key_node.value}"] = self.loc(key_node, f"{p}.tls.{key_node.value}")
         d = ServerSpec(name="", handler="", port=0)
         name = self.field(f, "name", p, v.name, "")
         handler = self.field(f, "handler", p, v.handler_path, "")
@@ -141,6 +153,9 @@ class ConfigReader(NodeReader):
             handler=handler,
             port=port,
             host=self.field(f, "host", p, v.host, d.host),
+            unix=self.field(f, "unix", p, v.socket_path, d.unix),
+            mode=self.field(f, "mode", p, v.file_mode, d.mode),
+            tls=self.tls(f.get("tls"), f"{p}.tls"),
             restart=self.field(f, "restart", p, v.choice(RESTART_TYPES), d.restart),
             on_handler_error=self.field(f, "on_handler_error", p, v.choice(HANDLER_ERROR_POLICIES), d.on_handler_error),
             backoff=self.backoff(f.get("backoff"), f"{p}.backoff"),
@@ -157,6 +172,24 @@ class ConfigReader(NodeReader):
             locations=locations,
         )
         return None if missing else spec
+
+    def tls(self, node: Node | None, p: str) -> TlsSpec | None:
+        if node is None or (f := self.mapping(node, p, _keys(TlsSpec))) is None:
+            return None
+        for key in ("cert", "key"):
+            if key not in f:
+                self.fail(node, f"{p}.{key}", "missing; tls needs cert and key (PEM files)")
+        client_auth = self.field(f, "client_auth", p, v.choice(CLIENT_AUTH), "")
+        if client_auth in ("optional", "required") and "ca" not in f:
+            self.fail(f.at("client_auth", f["client_auth"]), f"{p}.client_auth",
+                      f"{client_auth} needs ca: the CA file client certificates are verified against")  # fmt: skip
+        return TlsSpec(
+            cert=self.field(f, "cert", p, v.file_path, ""),
+            key=self.field(f, "key", p, v.file_path, ""),
+            ca=self.field(f, "ca", p, v.file_path, ""),
+            client_auth=client_auth,
+            handshake_timeout=self.field(f, "handshake_timeout", p, v.duration(positive=True), 10.0),
+        )
 
     def backoff(self, node: Node | None, p: str) -> BackoffSpec:
         d = BackoffSpec()

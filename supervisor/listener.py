@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from supervisor.address import Address
+from supervisor import sockets
 from supervisor.plan import ServerPlan
 from supervisor.state import ServerStats
 from supervisor.streams import Reader
 from supervisor.throttle import Throttle, folded
+from supervisor.tls import Terminator
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -39,8 +41,9 @@ class Listener:
         self.plan = plan
         self.sock = sock
         self.stats = stats
-        host, port = sock.getsockname()[:2]
-        self.address = Address(host, port)
+        self.address = sockets.address_of(sock)
+        self._file = sockets.identity(sock)  # a unix socket's file, removed when it closes for good
+        self._tls = Terminator(plan.tls) if plan.tls else None
         self.current: Generation | None = None
         self._next: asyncio.Future[Generation | None] | None = None
         self._server: asyncio.Server | None = None
@@ -51,28 +54,15 @@ class Listener:
 
     @classmethod
     def bind(cls, plan: ServerPlan, stats: ServerStats) -> Listener:
-        family, _, _, _, address = socket.getaddrinfo(
-            plan.host, plan.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
-        )[0]
-        # Not socket.create_server(): it leaves proto 0, accepted sockets inherit it, and asyncio sets
-        # TCP_NODELAY only when proto is IPPROTO_TCP. Without it every keep-alive response waits ~40 ms
-        # for a delayed ACK (Nagle), on asyncio's loop; uvloop sets it regardless.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(plan.backlog)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, f"{exc.strerror} (while binding {Address(plan.host, plan.port)})") from None
-        return cls(plan, sock, stats)
+        return cls(plan, sockets.bind(plan), stats)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._server = await self._loop.create_server(self._make_protocol, sock=self.sock, backlog=self.plan.backlog)
+        tls = self._tls
+        self._server = await self._loop.create_server(
+            self._make_protocol, sock=self.sock, backlog=self.plan.backlog,
+            ssl=tls.outer if tls else None, ssl_handshake_timeout=tls.timeout if tls else None,
+        )  # fmt: skip
 
     @property
     def fileno(self) -> int:
@@ -89,6 +79,10 @@ class Listener:
     def _configure(self, plan: ServerPlan) -> None:
         if plan.backlog != self.plan.backlog:
             self.sock.listen(plan.backlog)  # Linux resizes the accept queue of a listening socket in place
+        if plan.tls is not None and self._tls is not None:
+            self._tls.use(plan.tls)  # handshakes from now on: the new certificate, CAs and client_auth
+        if plan.unix and plan.mode is not None and plan.mode != self.plan.mode:
+            os.chmod(plan.unix, plan.mode)
         self.plan = plan
         self._limit = plan.max_connections or 1 << 62
 
@@ -102,6 +96,7 @@ class Listener:
             return
         self._closed = True
         self.current = None
+        sockets.remove_file(self.address.path, self._file)  # new clients: no such file, as after a clean exit
         if self._next is not None:
             self._next.set_result(None)  # parked connections are closed
             self._next = None

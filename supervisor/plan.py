@@ -6,13 +6,15 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from supervisor.address import Address
 from supervisor.errors import ConfigError
 from supervisor.handler_checks import resolve_handler
-from supervisor.plan_checks import addresses, check_binds, check_names, never_gives_up, start_order
+from supervisor.plan_checks import addresses, check_binds, check_names, never_gives_up, start_order, unix_path
 from supervisor.spec import BackoffSpec, Config, ConsoleSpec, MetricsSpec, ServerSpec, SupervisorSpec
+from supervisor.tls import TlsPlan, tls_plan
 from supervisor.values import capped
 
 _LINE = re.compile(r"^.*?:(\d+): ")
@@ -26,6 +28,9 @@ class ServerPlan:
     handler_path: str
     host: str
     port: int
+    unix: str  # an absolute unix socket path instead of host/port ("" for TCP)
+    mode: int | None
+    tls: TlsPlan | None
     backlog: int
     max_connections: int
     idle_timeout: float
@@ -40,6 +45,11 @@ class ServerPlan:
     after: tuple[str, ...]
     options: Mapping[str, Any]
     rank: int  # position in start order
+
+    @property
+    def address(self) -> Address:
+        """Where it is configured to listen (port 0: the OS picks; the listener knows the bound one)."""
+        return Address(self.host, self.port, self.unix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +71,7 @@ class Plan:
             (
                 str(p.rank + 1),
                 p.name,
-                str(Address(p.host, p.port)),
+                str(p.address) + (" (tls)" if p.tls else ""),
                 p.restart,
                 p.on_handler_error,
                 f"{p.backoff.initial:g}s x{p.backoff.factor:g} <= {p.backoff.max:g}s",
@@ -93,19 +103,26 @@ def make_plan(config: Config) -> Plan:
     check_names(config.servers, problems)
     check_binds(config, addresses(config, problems), problems)
     order = start_order(config.servers, problems)
-    config_dir = str(config.path.resolve().parent)
-    if config_dir not in sys.path:
+    base = config.path.resolve().parent
+    if (config_dir := str(base)) not in sys.path:
         # handlers next to the config import like the user's own modules would
         sys.path.append(config_dir)
     resolved = {s.name: resolve_handler(s, problems) for s in config.servers}
+    tls = {s.name: tls_plan(s, base, problems) for s in config.servers}
     if problems:
         raise ConfigError(capped(sorted(problems, key=_line_of)))
-    servers = tuple(_server_plan(spec, rank, *resolved[spec.name]) for rank, spec in enumerate(order))  # type: ignore[misc]
+    servers = tuple(
+        _server_plan(spec, rank, resolved[spec.name], tls[spec.name], base) for rank, spec in enumerate(order)
+    )
     warnings = tuple(capped([w for s in config.servers if (w := never_gives_up(s, config.supervisor))]))
     return Plan(str(config.path), config.supervisor, config.metrics, config.console, servers, warnings, config.digest)
 
 
-def _server_plan(spec: ServerSpec, rank: int, target: object, direct: bool) -> ServerPlan:
+def _server_plan(
+    spec: ServerSpec, rank: int, handler: tuple[object, bool] | None, tls: TlsPlan | None, base: Path
+) -> ServerPlan:
+    assert handler is not None  # resolved, or reported as a problem
+    target, direct = handler
     return ServerPlan(
         name=spec.name,
         target=target,
@@ -113,6 +130,9 @@ def _server_plan(spec: ServerSpec, rank: int, target: object, direct: bool) -> S
         handler_path=spec.handler,
         host=spec.host,
         port=spec.port,
+        unix=unix_path(spec, base),
+        mode=spec.mode,
+        tls=tls,
         backlog=spec.backlog,
         max_connections=spec.max_connections,
         idle_timeout=spec.idle_timeout,

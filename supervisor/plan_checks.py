@@ -8,10 +8,12 @@ import difflib
 import heapq
 import ipaddress
 import math
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from supervisor.access import console_ports
 from supervisor.spec import BackoffSpec, Config, Location, ServerSpec, SupervisorSpec
@@ -33,7 +35,7 @@ def check_names(servers: tuple[ServerSpec, ...], problems: list[str]) -> None:
 
 def addresses(config: Config, problems: list[str]) -> dict[str, list[IP]]:
     """Every host that will be listened on -> its addresses; a host that does not resolve is a problem."""
-    wanted: list[tuple[str, Location]] = [(s.host, s.where("host")) for s in config.servers]
+    wanted: list[tuple[str, Location]] = [(s.host, s.where("host")) for s in config.servers if not s.unix]
     for section, spec in (("metrics", config.metrics), ("console", config.console)):
         if spec.enabled:
             wanted.append((spec.host, config.where(f"{section}.host")))
@@ -110,8 +112,29 @@ def check_binds(config: Config, addresses: dict[str, list[IP]], problems: list[s
         where = str(config.where("console.port"))
         for port, role in console_ports(c):
             claim(c.host, port, f"the console ({role})", where, every=True)
+    paths: dict[str, str] = {}
     for s in config.servers:
-        claim(s.host, s.port, f"server '{s.name}'", str(s.where("port")))
+        if not s.unix:
+            claim(s.host, s.port, f"server '{s.name}'", str(s.where("port")))
+        elif (other := paths.setdefault(path := unix_path(s, config.path.resolve().parent), s.name)) != s.name:
+            problems.append(f"{s.where('unix')}: {path} is already used by server '{other}'; pick another path")
+        elif problem := _unix_problem(Path(path)):
+            problems.append(f"{s.where('unix')}: {path}: {problem}")
+
+
+def unix_path(spec: ServerSpec, base: Path) -> str:
+    """A unix socket path, absolute (relative ones are next to the config file); "" for a TCP server."""
+    return os.path.abspath(base / spec.unix) if spec.unix else ""
+
+
+def _unix_problem(path: Path) -> str:
+    if len(str(path).encode()) > 107:
+        return "longer than the 107 bytes a unix socket address can hold; use a shorter path (e.g. under /run)"
+    if not path.parent.is_dir():
+        return f"the directory {path.parent} does not exist; create it (systemd: RuntimeDirectory=)"
+    if path.exists() and not path.is_socket():
+        return "exists and is not a socket; the supervisor replaces only a stale socket file, remove it yourself"
+    return ""
 
 
 def start_order(servers: tuple[ServerSpec, ...], problems: list[str]) -> list[ServerSpec]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from supervisor.plan import Plan, ServerPlan
 
 DERIVED = frozenset({"name", "target", "direct", "rank"})
-ADDRESS = ("host", "port")
+ADDRESS = ("host", "port", "unix")
 COMPARED = tuple(f.name for f in dataclasses.fields(ServerPlan) if f.name not in DERIVED)
 
 

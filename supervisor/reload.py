@@ -131,6 +131,13 @@ class Reload:
         self.diff = d = diff([c.plan for c in tree.children], tree.plan, self.plan)
         self.rollover = Rollover(tree, d.changed, d.moved, self._say)
         new = {p.name: p for p in self.plan.servers}
+        for name in d.changed:  # the asyncio.Server on a kept socket is TLS or not for the socket's life
+            old = tree.child(name)
+            if name not in d.moved and old and old.listener and (old.plan.tls is None) != (new[name].tls is None):
+                why = (f"reload: server {name}: turning tls on or off needs a new socket: change its port (or unix "
+                       "path) in the same reload, or restart the supervisor; nothing changed")  # fmt: skip
+                LOGGER.error("%s", why)
+                return self._end("failure", Result(False, why))
         for name in (*d.moved, *d.added):
             old = tree.child(name)
             try:

@@ -54,8 +54,13 @@ async def serve(gen: Generation, reader: Reader, writer: asyncio.StreamWriter) -
             _handler_failed(gen, exc, reader, writer)
         if reader.ended_by:
             stats.client_errors[reader.ended_by] += 1
-        writer.close()
-        if writer.transport.get_write_buffer_size():
+        transport = writer.transport
+        if not transport.is_closing():
+            # once only: a second close() of a TLS transport drops its protocol, and its buffer size with it
+            transport.close()
+        elif _unsent(transport) is None:
+            return  # closed twice already (by the handler): nothing left to wait for
+        if _unsent(transport):
             # a slow reader is still owed bytes: stay in the registry, so the drain bounds it
             await writer.wait_closed()
     except asyncio.CancelledError:
@@ -74,6 +79,13 @@ async def serve(gen: Generation, reader: Reader, writer: asyncio.StreamWriter) -
         stats.observe_duration(loop.time() - started)
         if not writer.transport.is_closing():
             writer.close()
+
+
+def _unsent(transport: asyncio.BaseTransport) -> int | None:
+    try:
+        return transport.get_write_buffer_size()  # type: ignore[attr-defined,no-any-return]
+    except AttributeError:  # asyncio's TLS transport after a second close()
+        return None
 
 
 def _handler_failed(gen: Generation, exc: Exception, reader: Reader, writer: asyncio.StreamWriter) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Final
 STRATEGIES: Final = ("one_for_one", "one_for_all", "rest_for_one")
 RESTART_TYPES: Final = ("permanent", "transient", "temporary")
 HANDLER_ERROR_POLICIES: Final = ("log", "restart")
+CLIENT_AUTH: Final = ("none", "optional", "required")
 LOOPS: Final = ("asyncio", "uvloop")
 
 
@@ -62,11 +63,25 @@ class BackoffSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSpec:
+    """Paths as written (the plan resolves them next to the config file and loads them)."""
+
+    cert: str
+    key: str
+    ca: str = ""  # verify client certificates against these CAs
+    client_auth: str = ""  # none | optional | required; "" = required with a ca, else none
+    handshake_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSpec:
     name: str
     handler: str
     port: int
     host: str = "127.0.0.1"
+    unix: str = ""  # a unix socket path instead of host/port
+    mode: int | None = None  # the unix socket file's permissions (None: as the umask leaves them)
+    tls: TlsSpec | None = None
     restart: str = "permanent"
     on_handler_error: str = "log"
     backoff: BackoffSpec = BackoffSpec()
@@ -84,7 +99,8 @@ class ServerSpec:
     locations: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
     def where(self, key: str) -> Location:
-        found = self.locations.get(key) or self.locations.get(".")
+        # a key not written points at its section (``tls``), else at the server's entry
+        found = self.locations.get(key) or self.locations.get(key.partition(".")[0]) or self.locations.get(".")
         # a spec built in code (not read from YAML) has no locations: still name the key
         return found or Location("<config>", 0, f"server '{self.name}'.{key}")
 

@@ -201,6 +201,28 @@ def host(value: object) -> str:
 _SPACE: Final = re.compile(r"\s")
 
 
+def file_mode(value: object) -> int:
+    """Permission bits, written in octal: ``0660`` (YAML reads it as octal already), ``"660"`` or ``"0o660"``."""
+    if isinstance(value, str) and re.fullmatch(r"(0o?)?[0-7]{3,4}", value):
+        value = int(value.removeprefix("0o"), 8)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
+        return value
+    raise ValueError('expected permission bits in octal, such as "0660"')
+
+
+def socket_path(value: object) -> str:
+    # a unix socket's address is at most 107 bytes on Linux (sun_path)
+    if isinstance(value, str) and value and value.isprintable() and len(value.encode()) <= 107:
+        return value
+    raise ValueError("expected a unix socket path of at most 107 bytes, e.g. /run/app/app.sock")
+
+
+def file_path(value: object) -> str:
+    if isinstance(value, str) and value and value.isprintable() and len(value) <= 4096:
+        return value
+    raise ValueError("expected a file path (relative paths are read next to the config file)")
+
+
 def name(value: object) -> str:
     if isinstance(value, str) and _NAME_RE.fullmatch(value):
         return value

@@ -1,0 +1,106 @@
+"""Binding a server's listening socket, once for the server's life: TCP, or a unix socket (a stale socket file
+is replaced, ``mode`` is applied, and the file is removed when the socket closes for good)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+
+from supervisor.address import Address
+from supervisor.plan import ServerPlan
+
+
+def bind(plan: ServerPlan) -> socket.socket:
+    """A listening, non-blocking socket for ``plan``. OSError names the address and what went wrong."""
+    try:
+        return _bind_unix(plan) if plan.unix else _bind_tcp(plan)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror} (while binding {plan.address})") from None
+
+
+def _bind_tcp(plan: ServerPlan) -> socket.socket:
+    family, _, _, _, address = socket.getaddrinfo(
+        plan.host, plan.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    # Not socket.create_server(): it leaves proto 0, accepted sockets inherit it, and asyncio sets
+    # TCP_NODELAY only when proto is IPPROTO_TCP. Without it every keep-alive response waits ~40 ms
+    # for a delayed ACK (Nagle), on asyncio's loop; uvloop sets it regardless.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(plan.backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_unix(plan: ServerPlan) -> socket.socket:
+    path = plan.unix
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        if plan.mode is not None:
+            os.chmod(path, plan.mode)
+        sock.listen(plan.backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return sock
+
+
+def _remove_stale(path: str) -> None:
+    """A socket file nobody accepts on (a supervisor that was killed) is replaced; a live one is in use."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, "the path exists and is not a socket; remove it yourself")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # stale: nothing listens on it
+        return
+    except OSError:
+        pass  # a full backlog, a timeout: something is there
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "another process is listening on this socket file")
+
+
+def address_of(sock: socket.socket) -> Address:
+    if sock.family == socket.AF_UNIX:
+        return Address("", 0, sock.getsockname())
+    host, port = sock.getsockname()[:2]
+    return Address(host, port)
+
+
+def identity(sock: socket.socket) -> tuple[int, int] | None:
+    """The unix socket file's (device, inode): remove the file at close only if it is still ours."""
+    if sock.family != socket.AF_UNIX:
+        return None
+    st = os.stat(sock.getsockname())
+    return st.st_dev, st.st_ino
+
+
+def remove_file(sock_path: str, ours: tuple[int, int] | None) -> None:
+    if ours is None:
+        return
+    with contextlib.suppress(OSError):
+        st = os.stat(sock_path)
+        if (st.st_dev, st.st_ino) == ours:
+            os.unlink(sock_path)
