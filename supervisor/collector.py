@@ -92,6 +92,12 @@ class SupervisorCollector(Collector):
             "ENOMEM); at most one is counted per 0.5 s",
             labels=labels,
         )
+        handshakes = CounterMetricFamily(
+            "supervisor_tls_handshakes",
+            "TLS handshakes begun (a ClientHello received; TLS servers only). Those minus "
+            "supervisor_connections_total: handshakes that failed, timed out, or are under way",
+            labels=labels,
+        )
         statuses = {c.name: c for c in snap.children}
         for name, stats in self._sup.counters().items():
             status = statuses.get(name)
@@ -116,8 +122,9 @@ class SupervisorCollector(Collector):
                 client.add_metric([name, reason], float(stats.client_errors.get(reason, 0)))
             rejected.add_metric([name], float(stats.rejected))
             accept_errors.add_metric([name], float(stats.accept_errors))
+            handshakes.add_metric([name], float(stats.tls_handshakes))
         yield from (up, state, uptime, generation, restarts, active, total, errors, duration, drain, cancelled)
-        yield from (client, rejected, accept_errors)
+        yield from (client, rejected, accept_errors, handshakes)
         yield GaugeMetricFamily(
             "supervisor_event_loop_lag_seconds",
             f"The longest the event loop was blocked in the last {LAG_WINDOW:g}s (a handler running blocking code)",

@@ -43,7 +43,7 @@ class Listener:
         self.stats = stats
         self.address = sockets.address_of(sock)
         self._file = sockets.identity(sock)  # a unix socket's file, removed when it closes for good
-        self._tls = Terminator(plan.tls) if plan.tls else None
+        self._tls = Terminator(plan.tls, stats) if plan.tls else None
         self.current: Generation | None = None
         self._next: asyncio.Future[Generation | None] | None = None
         self._server: asyncio.Server | None = None

@@ -45,6 +45,7 @@ class ServerStats:
     parked: int = 0  # accepted during a restart, waiting for the next generation
     rejected: int = 0  # closed at once: max_connections reached
     accept_errors: int = 0  # accept() failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+    tls_handshakes: int = 0  # ClientHellos received (TLS servers only)
 
     def observe_duration(self, seconds: float) -> None:
         self.duration_counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from supervisor.spec import ServerSpec, TlsSpec
+from supervisor.state import ServerStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,19 +96,19 @@ class Terminator:
     generation accepting now. OpenSSL copies the verify mode when a connection is created, before the swap, so
     the outer context takes the current one's mode too (measured: without it, client_auth changes are ignored)."""
 
-    def __init__(self, first: TlsPlan) -> None:
+    def __init__(self, first: TlsPlan, stats: ServerStats) -> None:
+        self._stats = stats
         self.current = first.context
         self.timeout = first.handshake_timeout  # fixed for the socket's life: asyncio.Server takes it once
         self.outer = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.outer.load_cert_chain(first.cert, first.key, password=_no_passphrase)
         self.outer.verify_mode = first.context.verify_mode
         self.outer.sni_callback = self._hello  # called for every ClientHello, with or without SNI
-        self.handshakes = 0
 
     def use(self, plan: TlsPlan) -> None:
         self.current = plan.context
         self.outer.verify_mode = plan.context.verify_mode
 
     def _hello(self, conn: ssl.SSLObject, _server_name: str | None, _outer: ssl.SSLContext) -> None:
-        self.handshakes += 1
+        self._stats.tls_handshakes += 1
         conn.context = self.current

@@ -96,6 +96,9 @@ async def test_tls_server_serves_a_verifying_client_and_shrugs_off_plaintext(tmp
         assert snap is not None
         assert (snap.state, snap.generation) == (ChildState.RUNNING, 1)
         assert sup.counters()["secure"].handler_errors == 0
+        stats = sup.counters()["secure"]
+        # three ClientHellos (the untrusting client sent one too), two served; plaintext and silence never said hello
+        assert (stats.tls_handshakes, stats.total) == (3, 2)
 
 
 async def test_client_auth_required_rejects_a_client_without_a_certificate(tmp_path: Path, ca: trustme.CA) -> None:
