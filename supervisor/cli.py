@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import json
 import logging
 import logging.handlers
-import queue
 import resource
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from supervisor import __version__
+from supervisor import __version__, logs
 from supervisor.commands import ACTIONS, Result, parse
 from supervisor.config import load_config
 from supervisor.errors import ConfigError, GaveUp, SupervisorError
@@ -38,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every server in CONFIG until SIGTERM/SIGINT")
     run.add_argument("config", help="path to the YAML config")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.add_argument(
+        "--log-format", default="text", choices=logs.FORMATS,
+        help="text (default) or json: one object per line (ts, level, logger, message, server, generation, exc)",
+    )  # fmt: skip
     check = sub.add_parser("check", help="validate CONFIG and print the plan; exit 0 or 2")
     check.add_argument("config", help="path to the YAML config")
     _add_ctl(sub)
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(plan.table()))
         print(f"{args.config}: OK, {len(plan.servers)} server(s)")
         return EXIT_OK
-    _setup_logging(args.log_level)
+    logs.setup(args.log_level, args.log_format)
     for warning in plan.warnings:  # what `check` prints under its table: runnable, but probably not meant
         LOGGER.warning("%s", warning)
     return run(plan)
@@ -206,24 +208,3 @@ def run_ctl(args: argparse.Namespace) -> int:
         print(text)
     print(f"supervisor ctl: {reply.text}", file=sys.stderr)
     return EXIT_USAGE if reply.invalid else EXIT_FAILURE
-
-
-class _HandOff(logging.handlers.QueueHandler):
-    """Queue the record as it is: the writer thread formats it (tracebacks included) and writes it."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
-
-
-def _setup_logging(level: str) -> None:
-    # Formatting and writing log lines happen on a thread, not on the event loop: a restart is ~1 ms,
-    # and a traceback written to a slow pipe or terminal would otherwise be most of it.
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, stream, respect_handler_level=True)
-    listener.start()
-    atexit.register(listener.stop)  # flushes what is queued before the process ends
-    root = logging.getLogger()
-    root.addHandler(_HandOff(records))
-    root.setLevel(level)
