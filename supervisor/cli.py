@@ -7,12 +7,14 @@ import asyncio
 import json
 import logging
 import logging.handlers
+import os
 import resource
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
-from supervisor import __version__, logs
+from supervisor import __version__, logs, pidfile
 from supervisor.commands import ACTIONS, Result, parse
 from supervisor.config import load_config
 from supervisor.errors import ConfigError, GaveUp, SupervisorError
@@ -36,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every server in CONFIG until SIGTERM/SIGINT")
     run.add_argument("config", help="path to the YAML config")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.add_argument(
+        "--pidfile", metavar="PATH",
+        help="lock file holding the pid (default: under $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR or /tmp, named for "
+        "the config); a second run of the same config exits 2",
+    )  # fmt: skip
     run.add_argument(
         "--log-format", default="text", choices=logs.FORMATS,
         help="text (default) or json: one object per line (ts, level, logger, message, server, generation, exc)",
@@ -83,10 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(plan.table()))
         print(f"{args.config}: OK, {len(plan.servers)} server(s)")
         return EXIT_OK
-    logs.setup(args.log_level, args.log_format)
-    for warning in plan.warnings:  # what `check` prints under its table: runnable, but probably not meant
-        LOGGER.warning("%s", warning)
-    return run(plan)
+    path = Path(args.pidfile) if args.pidfile else pidfile.default_path(args.config)
+    try:
+        with pidfile.held(path, args.config):  # before anything is bound or logged: one supervisor per config
+            logs.setup(args.log_level, args.log_format)
+            for warning in plan.warnings:  # what `check` prints under its table: runnable, but probably not meant
+                LOGGER.warning("%s", warning)
+            LOGGER.info("pidfile %s (pid %d)", path, os.getpid())
+            return run(plan)
+    except pidfile.AlreadyRunningError as exc:
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def run(plan: Plan) -> int:
