@@ -63,3 +63,26 @@ async def test_the_lifespan_example_restarts_and_stops_promptly(tmp_path: Path) 
         w2.close()
         stopping = loop.time()
     assert loop.time() - stopping < 1.0  # shutdown, likewise
+
+
+def test_the_config_reference_is_valid_and_shows_the_defaults(tmp_path: Path) -> None:
+    """README's "Every key, with its default" block: a config `check` accepts, whose values are the defaults."""
+    import dataclasses
+
+    from supervisor.config import load_config
+    from supervisor.spec import ConsoleSpec, MetricsSpec, ServerSpec, SupervisorSpec
+
+    text = (REPO / "README.md").read_text()
+    (block,) = re.findall(r"Every key, with its default.*?```yaml\n(.*?)```", text, re.S)
+    path = tmp_path / "reference.yaml"
+    path.write_text(block)
+    config = load_config(path)
+    assert (config.supervisor, config.metrics, config.console) == (SupervisorSpec(), MetricsSpec(), ConsoleSpec())
+    (server,) = config.servers
+    example = {"name", "handler", "port", "options", "locations"}  # what every server writes for itself
+    defaults = ServerSpec(name="", handler="", port=0)
+    for f in dataclasses.fields(ServerSpec):
+        if f.name not in example:
+            assert getattr(server, f.name) == getattr(defaults, f.name), f"README shows {f.name} with another value"
+    documented = set(re.findall(r"^\s+(?:- |# ?)?(\w+):", block, re.M))
+    assert {f.name for f in dataclasses.fields(ServerSpec)} - {"locations"} <= documented  # every key is shown
