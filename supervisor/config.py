@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 import yaml
+from yaml.nodes import Node
 
 from supervisor.config_reader import ConfigReader
 from supervisor.errors import ConfigError
@@ -32,7 +33,7 @@ from supervisor.spec import (
     SupervisorSpec,
 )
 from supervisor.values import clip, parse_duration, parse_size
-from supervisor.yamlnodes import BoundedLoader, Refused
+from supervisor.yamlnodes import BoundedLoader, Refused, compose_fast
 
 __all__ = [
     "HANDLER_ERROR_POLICIES", "LOOPS", "RESTART_TYPES", "STRATEGIES", "BackoffSpec", "Config", "ConsoleSpec",
@@ -75,10 +76,21 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(text: str, path: Path) -> Config:
+    root = compose_fast(text)
+    if root is None:  # not plainly fine (or empty): the bounded pure-Python composer says exactly why
+        root = _compose_bounded(text, path)
+    reader = ConfigReader(str(path))
+    config = reader.config(root, path)
+    if reader.problems or config is None:
+        raise ConfigError(reader.problems or [f"{path}:1: the config is empty"])
+    return config
+
+
+def _compose_bounded(text: str, path: Path) -> Node | None:
     loader: BoundedLoader | None = None
     try:
         loader = BoundedLoader(text)  # checks every character first: may raise ReaderError
-        root = loader.get_single_node()
+        return loader.get_single_node()
     except Refused as exc:
         raise ConfigError([f"{path}:{exc.line}: {exc.args[0]}"]) from None
     except yaml.MarkedYAMLError as exc:
@@ -98,8 +110,3 @@ def parse_config(text: str, path: Path) -> Config:
     finally:
         if loader is not None:
             loader.dispose()
-    reader = ConfigReader(str(path))
-    config = reader.config(root, path)
-    if reader.problems or config is None:
-        raise ConfigError(reader.problems or [f"{path}:1: the config is empty"])
-    return config

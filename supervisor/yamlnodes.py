@@ -66,6 +66,39 @@ class BoundedLoader(yaml.SafeLoader):
         return path + "…" if len(steps) > 4 else path
 
 
+def compose_fast(text: str) -> Node | None:
+    """libyaml's composer, ~10x faster than PyYAML's (a reload parses on a thread, but the pure-Python one holds
+    the GIL and stalls every server): used only for a file the bounds admit, after a flat scan of its events.
+    ``None`` when the file is not plainly fine; the caller then composes with BoundedLoader for the exact error."""
+    if not yaml.__with_libyaml__ or yaml.reader.Reader.NON_PRINTABLE.search(text):
+        return None
+    depth = nodes = 0
+    try:
+        scan = yaml.CSafeLoader(text)
+        try:
+            while (event := scan.get_event()) is not None:
+                if isinstance(event, yaml.CollectionStartEvent):
+                    depth += 1
+                    nodes += 1
+                    if depth > MAX_DEPTH or nodes > MAX_NODES:
+                        return None
+                elif isinstance(event, yaml.CollectionEndEvent):
+                    depth -= 1
+                elif isinstance(event, yaml.ScalarEvent | yaml.AliasEvent):
+                    nodes += 1
+                    if nodes > MAX_NODES:
+                        return None
+        finally:
+            scan.dispose()
+        loader = yaml.CSafeLoader(text)
+        try:
+            return loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError:
+        return None
+
+
 class Fields(dict[str, Node]):
     """A mapping's value nodes by key, remembering each key's own node: problems point at the key's line
     (a block list, or an alias to an anchor written elsewhere, starts on another line than its key)."""
