@@ -58,7 +58,9 @@ async def request(tree: Coordinator, command: Command, name: str | None) -> Resu
         return Result(False, "status is answered by the console itself, from the snapshot")
     child = tree.child(name or "")
     if child is None:
-        return Result(False, f"no server named '{name}'; servers: {', '.join(tree.names)}", invalid=True)
+        # not `invalid`: the console checked every name before the first was applied; one gone since (a reload
+        # removed it) fails this step only, after earlier ones were done
+        return Result(False, f"no server named '{name}'; servers: {', '.join(tree.names)}")
     if tree.shutting_down:
         return Result(False, "the supervisor is shutting down")
     if child.pending is not None or child.next is not None:
@@ -91,12 +93,14 @@ async def request(tree: Coordinator, command: Command, name: str | None) -> Resu
         return Result(False, f"{name}: still {child.state.value} after {CONTROL_TIMEOUT:g}s; see status and the log")
     if child.state is ChildState.RUNNING:
         if command is Command.RESTART and was is not None:  # nothing was running: say what happened
-            return Result(True, f"started {name} ({child.address}); it was {was.value}")
+            return Result(True, f"started {name} ({child.address}); {_WAS[was]}")
         return Result(True, f"{'started' if command is Command.START else 'restarted'} {name} ({child.address})")
     return Result(False, f"{name} did not come up: {child.state.value}: {child.last_error}")
 
 
-# What ``start`` says of a server that is meant to run already (``echo is already running``).
+# What ``restart`` adds for a server that was not running, and what ``start`` says of one meant to run already
+# (``echo is already running``).
+_WAS = {ChildState.STOPPED: "it was stopped", ChildState.FAILED: "it had failed"}
 _ALREADY = {
     ChildState.STARTING: "starting",
     ChildState.BACKOFF: "meant to run (in backoff: it restarts by itself; see status)",
