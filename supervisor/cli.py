@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import logging.handlers
 import os
@@ -15,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import __version__, logs, pidfile
-from supervisor.commands import ACTIONS, Result, parse
-from supervisor.config import load_config
 from supervisor.errors import ConfigError, GaveUp, SupervisorError
 from supervisor.plan import Plan
 from supervisor.planfile import load_plan, problem_report
@@ -54,23 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from supervisor import ctl
+    from supervisor import ctl_cli
 
     p = sub.add_parser(
         "ctl",
-        help="run one console command against a running supervisor; exit 0, or 1 if it failed",
-        description="Run one console command (through the telnet console) and print plain text.",
+        help="run a console command against a running supervisor; exit 0, 1 if it failed, 2 if invalid",
+        description="Run a console command (through the telnet console) and print plain text.",
     )
-    p.add_argument("action", choices=ACTIONS, help="what to do")
-    p.add_argument("name", nargs="?", help="the server (restart, stop, start)")
-    p.add_argument("-c", "--config", help="read console.host and console.port from this config")
-    p.add_argument("--host", help=f"console host (default {ctl.DEFAULT_HOST})")
-    p.add_argument("--port", type=int, help=f"console port (default {ctl.DEFAULT_PORT})")
-    p.add_argument("--json", action="store_true", help="print JSON (status: the whole tree)")
-    p.add_argument(
-        "--timeout", type=float,
-        help=f"seconds to wait in all (default {ctl.DEFAULT_TIMEOUT:g}; reload: {ctl.RELOAD_TIMEOUT:g})",
-    )  # fmt: skip
+    ctl_cli.add_arguments(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,36 +177,10 @@ def _run_loop(loop: asyncio.AbstractEventLoop, main: Coroutine[Any, Any, None]) 
 
 
 def run_ctl(args: argparse.Namespace) -> int:
-    """``supervisor ctl``: 0 when the command succeeded, 1 when it failed or no console answered, 2 on usage
-    (and for a reload whose config is invalid: the errors are printed, the supervisor runs on unchanged)."""
-    from supervisor import ctl
+    """``supervisor ctl``: 0 when the command succeeded (or had nothing to do: ``already stopped``), 1 when it
+    failed on a server or no console answered, 2 when the request was invalid and nothing was done (usage,
+    unknown server names, a reload whose config has problems: the supervisor runs on unchanged)."""
+    from supervisor import ctl_cli
 
-    if isinstance(bad := parse(args.action, args.name, typed_as="supervisor ctl "), Result):
-        print(f"supervisor ctl: {bad.text}", file=sys.stderr)
-        return EXIT_USAGE
-    host, port = ctl.DEFAULT_HOST, ctl.DEFAULT_PORT
-    if args.config:
-        try:
-            console = load_config(args.config).console
-        except ConfigError as exc:
-            for line in exc.problems:
-                print(line, file=sys.stderr)
-            return EXIT_USAGE
-        host, port = console.host, console.port
-    host, port = args.host or host, args.port or port
-    try:
-        timeout = args.timeout or (ctl.RELOAD_TIMEOUT if args.action == "reload" else ctl.DEFAULT_TIMEOUT)
-        reply = ctl.run(args.action, args.name, host=host, port=port, as_json=args.json, timeout=timeout)
-    except ctl.ConsoleUnavailable as exc:
-        print(f"supervisor ctl: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    text = reply.text
-    if args.json and args.action != "status":
-        text = json.dumps({"ok": reply.ok, "action": args.action, "server": args.name, "message": reply.text})
-    if reply.ok:
-        print(text)
-        return EXIT_OK
-    if args.json:
-        print(text)
-    print(f"supervisor ctl: {reply.text}", file=sys.stderr)
-    return EXIT_USAGE if reply.invalid else EXIT_FAILURE
+    outcome = ctl_cli.main(args)
+    return {ctl_cli.Outcome.OK: EXIT_OK, ctl_cli.Outcome.FAILED: EXIT_FAILURE}.get(outcome, EXIT_USAGE)

@@ -58,14 +58,19 @@ async def request(tree: Coordinator, command: Command, name: str | None) -> Resu
         return Result(False, "status is answered by the console itself, from the snapshot")
     child = tree.child(name or "")
     if child is None:
+        # not `invalid`: the console checked every name before the first was applied; one gone since (a reload
+        # removed it) fails this step only, after earlier ones were done
         return Result(False, f"no server named '{name}'; servers: {', '.join(tree.names)}")
     if tree.shutting_down:
         return Result(False, "the supervisor is shutting down")
     if child.pending is not None or child.next is not None:
         return Result(False, f"{name} is being reloaded (a new generation is starting); try again once it is done")
     if command is Command.START and child.wanted and child.state is not ChildState.FAILED:
-        return Result(True, f"{name} is already {child.state.value}")
+        return Result(True, f"{name} is already {_ALREADY.get(child.state, child.state.value)}")
+    if command is Command.STOP and not child.wanted and child.state is ChildState.STOPPED:
+        return Result(True, f"{name} is already stopped")
     before = child.generation
+    was = child.state if child.state in (ChildState.STOPPED, ChildState.FAILED) else None
     try:
         async with asyncio.timeout(CONTROL_TIMEOUT):
             await tree.post_control(command, child)
@@ -87,8 +92,20 @@ async def request(tree: Coordinator, command: Command, name: str | None) -> Resu
     except TimeoutError:  # applied, but not done yet (a start waiting for its `after` servers, a slow lifespan)
         return Result(False, f"{name}: still {child.state.value} after {CONTROL_TIMEOUT:g}s; see status and the log")
     if child.state is ChildState.RUNNING:
+        if command is Command.RESTART and was is not None:  # nothing was running: say what happened
+            return Result(True, f"started {name} ({child.address}); {_WAS[was]}")
         return Result(True, f"{'started' if command is Command.START else 'restarted'} {name} ({child.address})")
     return Result(False, f"{name} did not come up: {child.state.value}: {child.last_error}")
+
+
+# What ``restart`` adds for a server that was not running, and what ``start`` says of one meant to run already
+# (``echo is already running``).
+_WAS = {ChildState.STOPPED: "it was stopped", ChildState.FAILED: "it had failed"}
+_ALREADY = {
+    ChildState.STARTING: "starting",
+    ChildState.BACKOFF: "meant to run (in backoff: it restarts by itself; see status)",
+    ChildState.STOPPING: "meant to run (stopping, then it starts again)",
+}
 
 
 async def _until(tree: Coordinator, condition: Callable[[], bool]) -> None:

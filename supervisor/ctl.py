@@ -1,14 +1,13 @@
-"""``supervisor ctl``: run one console command from a shell, through the telnet console.
+"""The telnet client behind ``supervisor ctl`` (what it prints and its exit codes: ctl_cli.py).
 
 Why the console and not an HTTP control endpoint: the console is already *the* control surface, with one
 security rule (loopback unless ``console.allow_remote``), while the metrics port stays read-only and may be
-bound wide for Prometheus. A browser can also POST to a loopback HTTP port from any web page; it cannot
-speak telnet's negotiation, and aiomonitor shows nothing before it (platform-facts P5).
+bound wide for Prometheus. A browser can POST to a loopback HTTP port from any web page; it cannot speak
+telnet's negotiation, and aiomonitor shows nothing before it (platform-facts P5).
 
-The client is a raw socket: it offers a terminal type and size, answers the cursor-position queries
-(``ESC[6n``) that would otherwise cost a second each, waits for the prompt, and sends the hidden
-``ctl NONCE ACTION [NAME]`` command. The console answers with one line, ``ctl-result NONCE {json}``, so
-nothing depends on how prompt_toolkit draws the screen.
+A raw socket: it offers a terminal type and size, answers the cursor-position queries (``ESC[6n``) that would
+otherwise cost a second each, waits for the prompt and sends the hidden ``ctl NONCE [--json] [--width N] --
+ACTION [NAME ...]``. The console answers one line, ``ctl-result NONCE {json}``: nothing depends on the screen.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from types import TracebackType
 
 from supervisor.commands import Result
 from supervisor.errors import SupervisorError
+from supervisor.telnet import CPR_ANSWER, CPR_QUERY, NEGOTIATION, split_telnet, strip_ansi
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 20101
@@ -32,27 +32,12 @@ GOODBYE_TIMEOUT = 2.0
 PROMPT = "supervisor >>> "  # console.PROMPT, repeated so `ctl` does not import aiomonitor
 CTL_RESULT = "ctl-result"
 
-IAC, SE, SB, WILL = 255, 240, 250, 251
-TTYPE, NAWS = 24, 31
-# WILL TTYPE, TTYPE IS "xterm", WILL NAWS, NAWS 500x50 (wide, so the typed command never wraps)
-NEGOTIATION = (
-    bytes([IAC, WILL, TTYPE, IAC, SB, TTYPE, 0]) + b"xterm" + bytes([IAC, SE])
-    + bytes([IAC, WILL, NAWS, IAC, SB, NAWS, 0x01, 0xF4, 0x00, 0x32, IAC, SE])
-)  # fmt: skip
-CPR_QUERY = b"\x1b[6n"
-CPR_ANSWER = b"\x1b[1;1R"
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[()][0-9A-Za-z]|[@-Z\\^_=>])")
-
 
 class ConsoleUnavailable(SupervisorError):  # noqa: N818 - reads as the condition the operator sees
     """No console answered at the address (not running, console disabled, another service, timed out)."""
 
 
 Reply = Result  # what one request answered (ok, text)
-
-
-def strip_ansi(text: str) -> str:
-    return _ANSI.sub("", text)
 
 
 class ConsoleClient:
@@ -116,7 +101,7 @@ class ConsoleClient:
         return strip_ansi(self.data[start:].decode("utf-8", "replace"))
 
     def send_line(self, line: str) -> int:
-        """Type ``line`` and Enter (``\\r`` alone: an empty line would repeat the last command). Returns the
+        """Type ``line`` and Enter (``\\r`` alone: ``\\r\\n`` would be a second, empty line). Returns the
         offset in :attr:`data` from which the answer will be."""
         if "\r" in line or "\n" in line:
             raise ValueError("one line at a time")
@@ -146,14 +131,31 @@ class ConsoleClient:
         while not self.closed:
             self._receive()
 
-    def request(self, action: str, name: str | None = None, *, as_json: bool = False) -> Reply:
-        """Run one action through the hidden ``ctl`` command and return the console's framed answer."""
+    def request(self, action: str, *names: str, as_json: bool = False, width: int = 0) -> Reply:
+        """Run one action through the hidden ``ctl`` command and return the console's framed answer. ``width``:
+        cut the status table's last errors to it (0: never). What was received before is forgotten (a long
+        ``--watch`` would keep it all): offsets from earlier calls no longer apply."""
+        self.forget()
         nonce = secrets.token_hex(8)
-        words = ["ctl", nonce, action, *([name] if name else []), *(["--json"] if as_json else [])]
-        start = self.send_line(shlex.join(words))
+        options = [*(["--json"] if as_json else []), *(["--width", str(width)] if width else [])]
+        start = self.send_line(shlex.join(["ctl", nonce, *options, "--", action, *names]))
         m = self.wait_for(rf"{CTL_RESULT} {nonce} (\{{[^\r\n]*\}})\r?\n", start)
         body = json.loads(m.group(1))
-        return Reply(bool(body["ok"]), str(body["text"]), bool(body.get("invalid", False)))
+        steps = tuple(Result(bool(s["ok"]), str(s["text"]), server=str(s["server"])) for s in body.get("steps", ()))
+        return Reply(bool(body["ok"]), str(body["text"]), bool(body.get("invalid", False)), steps=steps)
+
+    def forget(self) -> None:
+        keep = len(CPR_QUERY) - 1  # the start of a query split across two reads is still answered
+        del self.data[:-keep]
+        self._cpr_scanned = 0
+
+    def pump(self, seconds: float) -> None:
+        """Keep reading (and answering the console's queries) for ``seconds``, expecting nothing in particular."""
+        until = time.monotonic() + seconds
+        while not self.closed and time.monotonic() < until:
+            self._receive(until)
+        if self.closed:
+            raise ConsoleUnavailable(f"the console at {self.where} closed the connection")
 
     # -- socket ---------------------------------------------------------------------------------------------------
 
@@ -171,12 +173,15 @@ class ConsoleClient:
         except OSError as exc:
             raise ConsoleUnavailable(f"lost the console at {self.where}: {exc.strerror or exc}") from None
 
-    def _receive(self) -> None:
+    def _receive(self, until: float | None = None) -> None:
+        """Receive once; at the deadline ConsoleUnavailable, or quietly at ``until`` (a time.monotonic())."""
         assert self._sock is not None, "connect() first"
         try:
-            self._sock.settimeout(self._remaining())
+            self._sock.settimeout(self._remaining() if until is None else max(until - time.monotonic(), 0.001))
             chunk = self._sock.recv(65536)
         except TimeoutError:
+            if until is not None:
+                return
             raise ConsoleUnavailable(f"no answer from the console at {self.where} in time") from None
         except OSError as exc:
             raise ConsoleUnavailable(f"lost the console at {self.where}: {exc.strerror or exc}") from None
@@ -186,36 +191,8 @@ class ConsoleClient:
         self._feed(chunk)
 
     def _feed(self, chunk: bytes) -> None:
-        """Keep the payload; drop telnet commands (the options we offered up front are all it needs)."""
-        buf = self._pending + chunk
-        self._pending = b""
-        i = 0
-        while i < len(buf):
-            j = buf.find(IAC, i)
-            if j < 0:
-                self.data += buf[i:]
-                break
-            self.data += buf[i:j]
-            if j + 1 >= len(buf):
-                self._pending = buf[j:]
-                break
-            cmd = buf[j + 1]
-            if cmd == IAC:  # an escaped 0xff data byte
-                self.data.append(IAC)
-                i = j + 2
-            elif cmd == SB:
-                end = buf.find(bytes([IAC, SE]), j + 2)
-                if end < 0:
-                    self._pending = buf[j:]
-                    break
-                i = end + 2
-            elif 251 <= cmd <= 254:  # WILL, WONT, DO, DONT + option
-                if j + 2 >= len(buf):
-                    self._pending = buf[j:]
-                    break
-                i = j + 3
-            else:
-                i = j + 2
+        data, self._pending = split_telnet(self._pending + chunk)
+        self.data += data
         self._answer_cpr()
 
     def _answer_cpr(self) -> None:
@@ -229,14 +206,14 @@ class ConsoleClient:
 
 def run(
     action: str,
-    name: str | None = None,
-    *,
+    *names: str,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     as_json: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
+    width: int = 0,
 ) -> Reply:
     """Connect, run one action, leave. Raises ConsoleUnavailable when no console answers in time."""
     with ConsoleClient(host, port, timeout) as client:
         client.wait_prompt()
-        return client.request(action, name, as_json=as_json)
+        return client.request(action, *names, as_json=as_json, width=width)

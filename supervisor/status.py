@@ -55,34 +55,47 @@ def status_json(supervisor: TreeView) -> str:
     return json.dumps({**tree, "config": config, "servers": status_rows(supervisor)})
 
 
-STATUS_HEAD = ("server", "state", "address", "uptime", "restarts", "conns", "last error")
+STATUS_HEAD = ("server", "state", "address", "uptime", "restarts", "conns", "errors", "last error")
+MIN_ERROR_WIDTH = 20  # the last error keeps this much however narrow the terminal: it wraps rather than vanishes
+CUT = "..."
 
 
-def status_table(supervisor: TreeView) -> list[str]:
+def status_table(supervisor: TreeView, width: int | None = None) -> list[str]:
     """The ``status`` table: one row per server in start order, space-aligned, ``-`` for empty cells.
 
     Stable for scripts: columns never contain spaces except the last (``last error``), so
-    ``awk '{print $1, $2}'`` works; ``conns`` is ``active/total``. The last line sums up the tree.
+    ``awk '{print $1, $2}'`` works; ``conns`` is ``active/total``, ``errors`` counts handler errors, ``last
+    error`` is the server's last failure. With a ``width`` (a terminal's), a last error that would not fit is
+    cut with ``...``. The last two lines say which config runs and sum up the tree.
     """
     snap = supervisor.snapshot()
     rows = [
-        (
+        [
             r["name"],
             r["state"],
             r["address"] or "-",
             format_duration(r["uptime_seconds"]),
             str(r["restarts"]),
             f"{r['connections_active']}/{r['connections_total']}",
+            str(r["handler_errors"]),
             " ".join(r["last_error"].split()) or "-",  # one line, whatever the exception said
-        )
+        ]
         for r in status_rows(supervisor)
     ]
-    widths = [max(len(row[i]) for row in [STATUS_HEAD, *rows]) for i in range(len(STATUS_HEAD))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    widths = [max(len(row[i]) for row in [STATUS_HEAD, *rows]) for i in range(len(STATUS_HEAD) - 1)]
+    if width:
+        room = max(width - sum(widths) - 2 * len(widths), MIN_ERROR_WIDTH)
+        for row in rows:
+            row[-1] = clip(row[-1], room)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
     lines = [fmt.format(*STATUS_HEAD).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
     lines.append(config_line(snap.config))
     lines.append(f"supervisor: {_summary(supervisor, snap)}")
     return lines
+
+
+def clip(text: str, room: int) -> str:
+    return text if len(text) <= room else text[: max(room - len(CUT), 1)] + CUT
 
 
 def config_line(c: ConfigStatus) -> str:

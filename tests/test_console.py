@@ -21,6 +21,7 @@ import pytest
 
 from supervisor import cli, console
 from supervisor.access import is_loopback
+from supervisor.commands import Command
 from supervisor.console import PROMPT, console_view
 from supervisor.ctl import ConsoleClient, Reply
 from supervisor.errors import ConfigError, ViewError
@@ -63,10 +64,10 @@ def _type(port: int, *lines: tuple[str, str]) -> list[str]:
     return answers
 
 
-def _request(port: int, action: str, name: str | None = None, *, as_json: bool = False) -> Reply:
+def _request(port: int, action: str, *names: str, as_json: bool = False) -> Reply:
     with ConsoleClient("127.0.0.1", port, timeout=15) as c:
         c.wait_prompt()
-        return c.request(action, name, as_json=as_json)
+        return c.request(action, *names, as_json=as_json)
 
 
 async def test_status_shows_every_server(tmp_path: Path) -> None:
@@ -75,11 +76,11 @@ async def test_status_shows_every_server(tmp_path: Path) -> None:
         await ask(port_of(sup, "alpha"), b"hi")
         (out,) = await asyncio.to_thread(_type, port, ("status", r"supervisor: ready"))
     rows = [line.split() for line in out.splitlines() if line.startswith(("server ", "alpha ", "beta "))]
-    assert rows[0] == ["server", "state", "address", "uptime", "restarts", "conns", "last", "error"]
+    assert rows[0] == ["server", "state", "address", "uptime", "restarts", "conns", "errors", "last", "error"]
     assert rows[1][:2] == ["alpha", "running"]
     assert rows[1][2] == f"127.0.0.1:{port_of(sup, 'alpha')}"
     assert rows[1][3].endswith("s")  # uptime, e.g. 0.4s
-    assert rows[1][4:] == ["0", "0/1", "-"]  # restarts, active/total connections, last error
+    assert rows[1][4:] == ["0", "0/1", "0", "-"]  # restarts, active/total connections, handler errors, last error
     assert rows[2][:2] == ["beta", "running"]
     assert "supervisor: ready, 2/2 server(s) running" in out
 
@@ -104,7 +105,7 @@ async def test_stop_start_and_status_json_through_ctl_requests(tmp_path: Path) -
     port = free_port_run(2)
     async with served(_plan(tmp_path, port), console_view) as (sup, _):
         stopped = await asyncio.to_thread(_request, port, "stop", "beta")
-        assert stopped == Reply(True, "stopped beta")
+        assert (stopped.ok, stopped.text, [s.server for s in stopped.steps]) == (True, "stopped beta", ["beta"])
         assert sup.snapshot().child("beta").state is ChildState.STOPPED  # type: ignore[union-attr]
         status = await asyncio.to_thread(_request, port, "status", as_json=True)
         started = await asyncio.to_thread(_request, port, "start", "beta")
@@ -118,8 +119,10 @@ async def test_stop_start_and_status_json_through_ctl_requests(tmp_path: Path) -
     assert set(tree["servers"][0]) >= {"address", "uptime_seconds", "restarts", "connections_active", "last_error"}
     assert started.ok
     assert started.text.startswith("started beta (127.0.0.1:")
-    assert unknown == Reply(False, "no server named 'gamma'; servers: alpha, beta")
-    assert missing == Reply(False, "'stop' needs a server name, e.g. stop echo")
+    assert unknown == Reply(False, "no server named 'gamma'; servers: alpha, beta; nothing was done", invalid=True)
+    assert missing == Reply(
+        False, "'stop' needs a server name (or several, or 'all'), e.g. stop echo, or stop all", True
+    )
 
 
 async def test_shutdown_from_the_console(tmp_path: Path) -> None:
@@ -142,20 +145,79 @@ async def test_commands_before_the_supervisor_runs(tmp_path: Path) -> None:
     async with console_view(plan, Supervisor(plan)):
         reply = await asyncio.to_thread(_request, port, "restart", "alpha")
         (status,) = await asyncio.to_thread(_type, port, ("status", r"supervisor: not ready"))
-    assert reply == Reply(False, "the supervisor is not running")
-    assert re.search(r"alpha\s+stopped\s+127\.0\.0\.1:0\s+-\s+0\s+0/0\s+-", status)
+    assert (reply.ok, reply.text) == (False, "the supervisor is not running")
+    assert re.search(r"alpha\s+stopped\s+127\.0\.0\.1:0\s+-\s+0\s+0/0\s+0\s+-", status)
 
 
-async def test_help_lists_the_supervisor_commands(tmp_path: Path) -> None:
-    port = free_port_run(2)
-    plan = _plan(tmp_path, port)
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("repl", [False, True], ids=["repl-off", "repl-on"])
+async def test_help_shows_whole_descriptions_and_only_usable_commands(tmp_path: Path, repl: bool) -> None:
+    port = free_port_run(3)
+    plan = _plan(tmp_path, port, ", repl: true" if repl else "")
     async with console_view(plan, Supervisor(plan)):
-        (out,) = await asyncio.to_thread(_type, port, ("help", r"shutdown .*\n"))
+        (out,) = await asyncio.to_thread(_type, port, ("help", r"no command is repeated\."))
         (restart_help,) = await asyncio.to_thread(_type, port, ("restart --help", r"Usage: restart"))
-    for command in ("status", "restart", "stop", "start", "shutdown", "ps", "where"):
-        assert re.search(rf"^\s+{command}\b", out, re.MULTILINE), command
-    assert not re.search(r"^\s+ctl\b", out, re.MULTILINE)  # the machine interface is hidden
-    assert "Restart a server" in restart_help
+    listed = re.findall(r"^  (\S+)", out, re.MULTILINE)
+    assert listed[:6] == ["status", "restart", "stop", "start", "reload", "shutdown"]  # ours first, in order
+    for command in Command:  # each description whole, as commands.py has it (wrapped, never cut with "...")
+        assert _words(f"{command.usage} {command.help}") in _words(out), command
+    assert not re.search(r"\.\.\.\r?$", out, re.MULTILINE)  # aiomonitor's own help cut descriptions so
+    assert {"ps", "where", "cancel", "exit", "help"} <= set(listed)  # aiomonitor's own
+    assert ("console" in listed) is repl  # the Python REPL only when it can be used
+    assert not {"ctl", "noop"} & set(listed)  # the machine interface and aiomonitor's filler are hidden
+    assert _words(Command.RESTART.help) in _words(restart_help)
+
+
+async def test_an_empty_line_does_nothing_and_replies_come_before_the_prompt(tmp_path: Path) -> None:
+    port = free_port_run(2)
+    async with served(_plan(tmp_path, port), console_view) as (sup, _):
+
+        def operator() -> tuple[str, str, str]:
+            with ConsoleClient("127.0.0.1", port, timeout=15) as c:
+                c.wait_prompt()
+                start = c.send_line("restart alpha")
+                c.wait_prompt(c.wait_for(r"restarted alpha", start).end() + start)
+                restart = c.text(start)
+                empty = c.send_line("")  # Enter, twice: aiomonitor repeated `restart alpha` for each
+                c.send_line("")
+                c.wait_for(rf"(?s)({re.escape(PROMPT)}.*){{2}}", empty)  # a fresh prompt for each empty line
+                nothing = c.text(empty)
+                after = c.send_line("status")
+                c.wait_for(r"supervisor: ready", after)
+                return restart, nothing, c.text(after)
+
+        restart, nothing, status = await asyncio.to_thread(operator)
+        child = sup.snapshot().child("alpha")
+        assert child is not None
+        assert (child.generation, child.restarts) == (2, 1)  # one restart, not three
+    typed, reply = restart.split("restarted alpha", 1)
+    assert PROMPT not in typed.rsplit("restart alpha", 1)[1]  # no prompt drawn between the command and its reply
+    assert reply.startswith(" (127.0.0.1:")
+    assert PROMPT in reply  # the next prompt, after the reply
+    assert "restarted" not in nothing
+    assert re.search(r"alpha\s+running\s+\S+\s+\S+\s+1\s", status)
+
+
+async def test_several_names_and_all_at_the_console(tmp_path: Path) -> None:
+    port = free_port_run(2)
+    async with served(_plan(tmp_path, port), console_view) as (sup, _):
+        both, unknown, stopped, started = await asyncio.to_thread(
+            _type,
+            port,
+            ("restart alpha beta", r"restarted beta"),
+            ("restart alpha nope zz", r"nothing was done"),
+            ("stop all", r"stopped alpha"),
+            ("start all", r"started beta"),
+        )
+        generations = [(c.name, c.generation) for c in sup.snapshot().children]
+    assert re.search(r"restarted alpha \(127\.0\.0\.1:\d+\)\r?\nrestarted beta \(", both)
+    assert "error: no servers named 'nope', 'zz'; servers: alpha, beta; nothing was done" in unknown
+    assert re.search(r"stopped beta\r?\nstopped alpha", stopped)  # reverse start order
+    assert re.search(r"started alpha \(127\.0\.0\.1:\d+\)\r?\nstarted beta \(", started)
+    assert generations == [("alpha", 3), ("beta", 3)]  # alpha was not restarted by the refused line
 
 
 @pytest.mark.e2e
@@ -193,7 +255,7 @@ async def test_the_repl_is_off_by_default(tmp_path: Path) -> None:
     plan = _plan(tmp_path, port)
     async with console_view(plan, Supervisor(plan)):
         (out,) = await asyncio.to_thread(_type, port, ("console", r"Python console is disabled"))
-    assert "disabled" in out
+    assert "set console.repl: true in the config and restart the supervisor" in _words(out)
 
 
 @pytest.mark.parametrize("taken", [0, 1], ids=["telnet-port", "web-ui-port"])
