@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import logging.handlers
-import os
 import resource
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -80,11 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     path = Path(args.pidfile) if args.pidfile else pidfile.default_path(args.config)
     try:
-        with pidfile.held(path, args.config):  # before anything is bound or logged: one supervisor per config
+        # before anything is bound or logged: one supervisor per config
+        with pidfile.held(path, args.config, required=bool(args.pidfile)) as held:
             logs.setup(args.log_level, args.log_format)
             for warning in plan.warnings:  # what `check` prints under its table: runnable, but probably not meant
                 LOGGER.warning("%s", warning)
-            LOGGER.info("pidfile %s (pid %d)", path, os.getpid())
+            LOGGER.log(logging.INFO if held.startswith("pidfile ") else logging.WARNING, "%s", held)
             return run(plan)
     except pidfile.AlreadyRunningError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)

@@ -28,14 +28,18 @@ def default_path(config: str) -> Path:
 
 
 @contextlib.contextmanager
-def held(path: Path, config: str) -> Iterator[Path]:
-    """Hold ``path``'s lock with this pid in it, or raise AlreadyRunningError naming the pid that holds it."""
+def held(path: Path, config: str, *, required: bool) -> Iterator[str]:
+    """Hold ``path``'s lock with this pid in it, or raise AlreadyRunningError naming the pid that holds it.
+    Yields the line to log. A default path that cannot be opened (a read-only root filesystem in a container,
+    where one process per container makes the lock moot) is a warning; a ``--pidfile`` given is ``required``."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise AlreadyRunningError(
-            f"cannot open the pidfile {path}: {exc.strerror}; pick another with --pidfile"
-        ) from None
+        why = f"cannot open the pidfile {path}: {exc.strerror}"
+        if required:
+            raise AlreadyRunningError(f"{why}; pick another with --pidfile") from None
+        yield f"no pidfile ({why}): a second supervisor of this config is not prevented; give --pidfile PATH"
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -48,7 +52,7 @@ def held(path: Path, config: str) -> Iterator[Path]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
-            yield path
+            yield f"pidfile {path} (pid {os.getpid()})"
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)  # while still locked: a successor creates a fresh file

@@ -75,3 +75,15 @@ def test_an_unusable_pidfile_is_a_clear_error(tmp_path: Path) -> None:
         assert sp.wait() == 2
     assert f"supervisor: cannot open the pidfile {tmp_path}/missing/x.pid: No such file or directory" in sp.output
     assert "Traceback" not in sp.output
+
+
+@pytest.mark.e2e
+def test_an_unwritable_default_location_is_a_warning_not_a_failure(tmp_path: Path) -> None:
+    """A container with a read-only root filesystem: the default pidfile cannot be made; run anyway."""
+    config = write_config(tmp_path, CONFIG)
+    with SupervisorProcess(config, env={"RUNTIME_DIRECTORY": str(tmp_path / "absent")}) as sp:
+        sp.ready()
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+    assert "WARNING supervisor: no pidfile (cannot open the pidfile " in sp.output
+    assert "a second supervisor of this config is not prevented" in sp.output
