@@ -18,8 +18,8 @@ from typing import Final
 from supervisor.handler import current_server
 
 FORMATS: Final = ("text", "json")
-RECENT_LINES: Final = 1000  # per server
-LINE_MAX: Final = 4096  # characters of one kept line (a traceback is cut, the log stream has it whole)
+RECENT_LINES: Final = 200  # per server: at most RECENT_LINES * LINE_MAX characters each (~400 KB)
+LINE_MAX: Final = 2048  # characters of one kept line (a traceback is cut, the log stream has it whole)
 
 
 class ServerTag(logging.Filter):

@@ -5,9 +5,11 @@ that was killed leaves no stale lock, only a file the next one takes over."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,22 +35,20 @@ def held(path: Path, config: str, *, required: bool) -> Iterator[str]:
     Yields the line to log. A default path that cannot be opened (a read-only root filesystem in a container,
     where one process per container makes the lock moot) is a warning; a ``--pidfile`` given is ``required``."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = _locked(path)
     except OSError as exc:
         why = f"cannot open the pidfile {path}: {exc.strerror}"
         if required:
             raise AlreadyRunningError(f"{why}; pick another with --pidfile") from None
         yield f"no pidfile ({why}): a second supervisor of this config is not prevented; give --pidfile PATH"
         return
+    if fd < 0:
+        pid = _holder(path)
+        raise AlreadyRunningError(
+            f"another supervisor (pid {pid}) is running {config} (pidfile {path}); stop it with "
+            f"`supervisor ctl -c {config} shutdown` or `kill -TERM {pid}`, or give this one another --pidfile"
+        )
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise AlreadyRunningError(
-                f"another supervisor (pid {pid}) is running {config} (pidfile {path}); stop it with "
-                f"`supervisor ctl -c {config} shutdown` or `kill -TERM {pid}`, or give this one another --pidfile"
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
@@ -58,3 +58,41 @@ def held(path: Path, config: str, *, required: bool) -> Iterator[str]:
                 os.unlink(path)  # while still locked: a successor creates a fresh file
     finally:
         os.close(fd)
+
+
+def _locked(path: Path) -> int:
+    """The pidfile, opened (never through a symlink: the default name is predictable) and locked: its fd, or
+    -1 when another process holds the lock. Re-checked after the lock: a predecessor that unlinked the file
+    while we waited leaves us holding an inode no path names, and a third start would then lock a new one."""
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            os.close(fd)
+            raise OSError(errno.EPERM, "not a regular file owned by this user")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return -1
+        try:
+            now = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            return fd
+        os.close(fd)  # unlinked (or replaced) under us: take the file the path names now
+    raise OSError(errno.EAGAIN, "the pidfile keeps being replaced")
+
+
+def _holder(path: Path) -> str:
+    """The pid written in the pidfile another process holds (``?`` if it cannot be read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return "?"
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    return text if text.isdigit() else "?"

@@ -133,9 +133,15 @@ class Reload:
         new = {p.name: p for p in self.plan.servers}
         for name in d.changed:  # the asyncio.Server on a kept socket is TLS or not for the socket's life
             old = tree.child(name)
-            if name not in d.moved and old and old.listener and (old.plan.tls is None) != (new[name].tls is None):
-                why = (f"reload: server {name}: turning tls on or off needs a new socket: change its port (or unix "
-                       "path) in the same reload, or restart the supervisor; nothing changed")  # fmt: skip
+            if name in d.moved or not old or not old.listener:
+                continue
+            was, now = old.plan.tls, new[name].tls
+            what = "turning tls on or off" if (was is None) != (now is None) else ""
+            if was and now and was.fixed != now.fixed:
+                what = "changing tls client_auth, ca or handshake_timeout"
+            if what:
+                why = (f"reload: server {name}: {what} needs a new socket: change its port (or unix path) in the "
+                       "same reload, or restart the supervisor; nothing changed")  # fmt: skip
                 LOGGER.error("%s", why)
                 return self._end("failure", Result(False, why))
         for name in (*d.moved, *d.added):

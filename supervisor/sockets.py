@@ -46,16 +46,19 @@ def _bind_unix(plan: ServerPlan) -> socket.socket:
     path = plan.unix
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
     try:
-        sock.bind(path)
+        sock.bind(path)  # EADDRINUSE: another process bound it since the probe; its file is not ours to remove
+        bound = True
         if plan.mode is not None:
             os.chmod(path, plan.mode)
         sock.listen(plan.backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        if bound:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         raise
     return sock
 

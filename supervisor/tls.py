@@ -24,6 +24,14 @@ class TlsPlan:
     handshake_timeout: float
     digest: str  # sha256 of the files' contents: a renewed certificate at the same path is a change to reload
     context: ssl.SSLContext = field(compare=False, repr=False)
+    ca_digest: str = ""  # sha256 of the ca file alone
+
+    @property
+    def fixed(self) -> tuple[str, str, float]:
+        """What a kept socket cannot take from a reload: who may connect, and the handshake bound. OpenSSL keeps
+        sessions on the listener's outer context, so a client could resume one made under the old rules
+        (measured: a session from ``client_auth: none`` resumed under ``required`` without a certificate)."""
+        return self.client_auth, self.ca_digest, self.handshake_timeout
 
 
 _VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
@@ -84,6 +92,7 @@ def tls_plan(spec: ServerSpec, base: Path, problems: list[str]) -> TlsPlan | Non
     return TlsPlan(
         cert=str(paths["cert"]), key=str(paths["key"]), ca=str(paths.get("ca", "")), client_auth=client_auth,
         handshake_timeout=t.handshake_timeout, digest=contents.hexdigest(), context=context,
+        ca_digest=hashlib.sha256(data["ca"]).hexdigest() if "ca" in data else "",
     )  # fmt: skip
 
 

@@ -70,23 +70,26 @@ def compose_fast(text: str) -> Node | None:
     """libyaml's composer, ~10x faster than PyYAML's (a reload parses on a thread, but the pure-Python one holds
     the GIL and stalls every server): used only for a file the bounds admit, after a flat scan of its events.
     ``None`` when the file is not plainly fine; the caller then composes with BoundedLoader for the exact error."""
-    if not yaml.__with_libyaml__ or yaml.reader.Reader.NON_PRINTABLE.search(text):
-        return None
+    if not yaml.__with_libyaml__ or yaml.reader.Reader.NON_PRINTABLE.search(text) or "\ufeff" in text[1:]:
+        return None  # libyaml skips a BOM at any line start where PyYAML refuses it: let PyYAML say so
+    if "\t" in text:
+        return None  # the two differ on some tabs (after a document end marker): rare in a config, so PyYAML's
     depth = nodes = 0
     try:
         scan = yaml.CSafeLoader(text)
         try:
             while (event := scan.get_event()) is not None:
+                # as BoundedLoader counts: every node opens a level, the document's root included
                 if isinstance(event, yaml.CollectionStartEvent):
                     depth += 1
                     nodes += 1
-                    if depth > MAX_DEPTH or nodes > MAX_NODES:
+                    if depth >= MAX_DEPTH or nodes > MAX_NODES:
                         return None
                 elif isinstance(event, yaml.CollectionEndEvent):
                     depth -= 1
                 elif isinstance(event, yaml.ScalarEvent | yaml.AliasEvent):
                     nodes += 1
-                    if nodes > MAX_NODES:
+                    if depth + 1 >= MAX_DEPTH or nodes > MAX_NODES:
                         return None
         finally:
             scan.dispose()

@@ -1022,3 +1022,28 @@ def test_a_size_of_thousands_of_digits_is_a_problem_not_a_python_limit(tmp_path:
     assert one_problem(tmp_path, server_with(f"read_limit: {'1' * 5000}KiB")) == (
         f"5: servers[0].read_limit: expected a size like 65536, 64KiB or 8MiB, got '{'1' * 79}…"
     )
+
+
+def _outcome(text: str) -> str:
+    try:
+        parse_config(text, Path("same.yaml"))
+    except ConfigError as exc:
+        return "\n".join(exc.problems)
+    return "OK"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *(server_with(f"options: {{x: {'[' * n}1{']' * n}}}") for n in range(58, 66)),  # around MAX_DEPTH
+        *(server_with(f"options: {{x: {'[' * n}{']' * n}}}") for n in range(58, 66)),
+        server_with("options: {x: 1}") + "\ufeff\n",  # libyaml skips a BOM at a line start, PyYAML refuses it
+        "\ufeff" + server_with("options: {x: 1}"),  # a BOM at the very start is fine for both
+        server_with("options: {x: 1}") + "...\t#\n",
+    ],
+)
+def test_the_libyaml_fast_path_agrees_with_the_bounded_reader(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: the fast path must accept or refuse exactly what the bounded pure-Python reader does."""
+    fast = _outcome(text)
+    monkeypatch.setattr("supervisor.config.compose_fast", lambda _text: None)
+    assert fast == _outcome(text)

@@ -315,3 +315,36 @@ async def test_tls_over_a_unix_socket(tmp_path: Path, ca: trustme.CA) -> None:
             assert await reader.readline() == b"- x\n"
             writer.close()
     await eventually(lambda: not (tmp_path / "s.sock").exists())
+
+
+def test_a_failed_unix_bind_leaves_the_other_processs_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: another process binding the path between our stale-file probe and our bind keeps its
+    socket file (our cleanup used to unlink it, cutting that process off from its clients)."""
+    from supervisor import sockets
+
+    path = tmp_path / "race.sock"
+    other = socket.socket(socket.AF_UNIX)
+    other.bind(str(path))
+    other.listen(1)
+    try:
+        monkeypatch.setattr(sockets, "_remove_stale", lambda _path: None)  # the probe saw nothing: the race
+        plan = plan_from(tmp_path, "servers:\n  - {name: u, handler: 'tests.apps:lines', unix: race.sock}\n")
+        with pytest.raises(OSError, match="Address already in use"):
+            sockets.bind(plan.servers[0])
+        assert path.exists()
+    finally:
+        other.close()
+
+
+async def test_reload_refuses_a_client_auth_change_on_a_kept_socket(tmp_path: Path, ca: trustme.CA) -> None:
+    """Found in review: OpenSSL keeps sessions on the listener's outer context, so a session made under
+    client_auth none resumed under required without a certificate; such a change needs a new socket."""
+    server_files(ca, tmp_path)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    plan = plan_from(tmp_path, TLS_CONFIG.format(extra=""))
+    async with running(plan) as sup:
+        write_config_file(tmp_path, TLS_CONFIG.format(extra=", ca: ca.pem, client_auth: required"))
+        result = await sup.reload("test")
+        assert not result.ok
+        assert "changing tls client_auth, ca or handshake_timeout needs a new socket" in result.text
+        assert await tls_ask(port_of(sup, "secure"), client_context(ca)) == (b"- hi\n", "server")  # old rules

@@ -87,3 +87,16 @@ def test_an_unwritable_default_location_is_a_warning_not_a_failure(tmp_path: Pat
         assert sp.wait() == 0
     assert "WARNING supervisor: no pidfile (cannot open the pidfile " in sp.output
     assert "a second supervisor of this config is not prevented" in sp.output
+
+
+@pytest.mark.e2e
+def test_a_symlinked_pidfile_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    """Found in review: the default name is predictable, so a symlink planted there must not be followed."""
+    config = write_config(tmp_path, CONFIG)
+    victim = tmp_path / "important"
+    victim.write_text("important data\n")
+    (tmp_path / "x.pid").symlink_to(victim)
+    with SupervisorProcess(config, "--pidfile", str(tmp_path / "x.pid")) as sp:
+        assert sp.wait() == 2
+    assert f"supervisor: cannot open the pidfile {tmp_path}/x.pid: " in sp.output
+    assert victim.read_text() == "important data\n"
