@@ -16,6 +16,7 @@ class Command(enum.StrEnum):
     RESTART = "restart"
     STOP = "stop"
     START = "start"
+    TAIL = "tail"
     RELOAD = "reload"
     SHUTDOWN = "shutdown"
 
@@ -35,7 +36,9 @@ class Command(enum.StrEnum):
 
 NAMED = frozenset({Command.RESTART, Command.STOP, Command.START})
 ACTIONS: tuple[str, ...] = tuple(c.value for c in Command)  # for argparse choices and messages
-_USAGE = {Command.STATUS: "status [--json]"}
+_USAGE = {Command.STATUS: "status [--json]", Command.TAIL: "tail NAME [-n N] [-f]"}
+TAIL_LINES = 20  # lines `tail` shows unless told
+TAIL_KEPT = 200  # lines kept per server for `tail` (logs.Recent)
 _HELP = {
     Command.STATUS: (
         "Show every server: state, address, uptime, restarts, active/total connections, handler errors and the "
@@ -47,6 +50,10 @@ _HELP = {
     ),
     Command.STOP: "Stop servers and close their ports until 'start' (all: in reverse start order)",
     Command.START: "Start stopped or failed servers; one already running is left alone",
+    Command.TAIL: (
+        "The last lines a server logged (its handler's and lifespan's, and the supervisor's lines about it); "
+        "-n N lines (default 20); -f keeps following (ctl)"
+    ),
     Command.RELOAD: "Re-read the config file and apply what changed (unchanged servers are not touched)",
     Command.SHUTDOWN: "Shut the supervisor down in order (like SIGTERM)",
 }
@@ -63,6 +70,7 @@ class Result:
     invalid: bool = False
     server: str = ""
     steps: tuple[Result, ...] = ()
+    cursor: int = 0  # tail: the log sequence to follow from
 
     @property
     def outcomes(self) -> tuple[Result, ...]:
@@ -94,6 +102,10 @@ def parse(action: str, names: Sequence[str] | str | None = (), *, typed_as: str 
         command = Command(action)
     except ValueError:
         return Result(False, f"unknown action '{action}'; expected one of: {', '.join(ACTIONS)}", invalid=True)
+    if command is Command.TAIL:
+        if len(names) != 1 or names[0] == ALL:
+            return Result(False, f"'tail' takes one server name, e.g. {typed_as}tail echo", invalid=True)
+        return Request(command, tuple(names))
     if command.needs_name and not names:
         example = f"{typed_as}{command} echo, or {typed_as}{command} {ALL}"
         return Result(False, f"'{command}' needs a server name (or several, or '{ALL}'), e.g. {example}", invalid=True)

@@ -19,7 +19,8 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from supervisor.commands import ACTIONS, ALL, NAMED, Command, Result, combine, parse, resolve
+from supervisor import logs
+from supervisor.commands import ACTIONS, ALL, NAMED, TAIL_LINES, Command, Result, combine, parse, resolve
 from supervisor.control import CONTROL_TIMEOUT, RELOAD_TIMEOUT
 from supervisor.status import status_json, status_table
 from supervisor.tree import TreeView
@@ -57,8 +58,9 @@ def _command(
 
 
 async def execute(
-    tree: TreeView, action: str, names: Sequence[str] = (), *, as_json: bool = False, width: int | None = None
-) -> Result:
+    tree: TreeView, action: str, names: Sequence[str] = (), *, as_json: bool = False, width: int | None = None,
+    lines: int = TAIL_LINES, after: int = 0,
+) -> Result:  # fmt: skip
     """Run one request from the UI thread. Control actions are posted to the supervisor's loop, never done here;
     on several servers, one after the other in order, once every name is known (else nothing is done)."""
     request = parse(action, names)
@@ -67,12 +69,22 @@ async def execute(
     command = request.command
     if command is Command.STATUS:
         return Result(True, status_json(tree) if as_json else "\n".join(status_table(tree, width)))
+    if command is Command.TAIL:
+        return tail(tree, request.names[0], lines, after)
     if not command.needs_name:
         return await _submit(tree, command, None)
     targets = resolve(request, [c.name for c in tree.snapshot().children])
     if isinstance(targets, Result):
         return targets
     return combine([dataclasses.replace(await _submit(tree, command, name), server=name) for name in targets])
+
+
+def tail(tree: TreeView, name: str, lines: int, after: int) -> Result:
+    servers = [c.name for c in tree.snapshot().children]
+    if name not in servers:
+        return Result(False, f"no server named '{name}'; servers: {', '.join(servers)}", invalid=True)
+    kept, cursor = logs.RECENT.tail(name, lines, after)
+    return Result(True, "\n".join(kept), server=name, cursor=cursor)
 
 
 async def _submit(tree: TreeView, command: Command, name: str | None) -> Result:
@@ -156,22 +168,36 @@ for _plain in (Command.RELOAD, Command.SHUTDOWN):
     _plain_command(_plain)
 
 
+@_command(Command.TAIL, doc=Command.TAIL.help)
+@click.argument("name")
+@click.option("-n", "lines", type=click.IntRange(0, logs.RECENT_LINES), default=TAIL_LINES, help="how many lines")
+@_help
+def _tail(ctx: click.Context, name: str, lines: int) -> None:
+    _spawn(ctx, Command.TAIL, (name,), _echo, lines=lines)
+
+
 @_command("ctl", hidden=True)
 @click.argument("nonce")
 @click.argument("action")
 @click.argument("names", nargs=-1)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--width", type=int, default=0)
+@click.option("--lines", type=click.IntRange(0, logs.RECENT_LINES), default=TAIL_LINES)
+@click.option("--after", type=click.IntRange(0), default=0)
 @_help
-def _ctl(ctx: click.Context, nonce: str, action: str, names: tuple[str, ...], as_json: bool, width: int) -> None:
+def _ctl(
+    ctx: click.Context, nonce: str, action: str, names: tuple[str, ...], as_json: bool, width: int, lines: int,
+    after: int,
+) -> None:  # fmt: skip
     """Machine interface for `supervisor ctl`: one framed JSON line per request"""
 
     def show(result: Result) -> None:
         steps = [{"server": s.server, "ok": s.ok, "text": s.text} for s in result.steps]
-        frame = {"ok": result.ok, "text": result.text, "invalid": result.invalid, "steps": steps}
+        frame = {"ok": result.ok, "text": result.text, "invalid": result.invalid, "steps": steps,
+                 "cursor": result.cursor}  # fmt: skip
         click.echo(f"{CTL_RESULT} {nonce} " + json.dumps(frame))
 
-    _spawn(ctx, action, names, show, as_json=as_json, width=width or None)
+    _spawn(ctx, action, names, show, as_json=as_json, width=width or None, lines=lines, after=after)
 
 
 @_command("console", doc="Switch to the async Python REPL, on the supervisor's loop (needs console.repl: true)")

@@ -131,18 +131,26 @@ class ConsoleClient:
         while not self.closed:
             self._receive()
 
-    def request(self, action: str, *names: str, as_json: bool = False, width: int = 0) -> Reply:
+    def request(
+        self, action: str, *names: str, as_json: bool = False, width: int = 0, lines: int | None = None,
+        after: int = 0,
+    ) -> Reply:  # fmt: skip
         """Run one action through the hidden ``ctl`` command and return the console's framed answer. ``width``:
         cut the status table's last errors to it (0: never). What was received before is forgotten (a long
         ``--watch`` would keep it all): offsets from earlier calls no longer apply."""
         self.forget()
         nonce = secrets.token_hex(8)
         options = [*(["--json"] if as_json else []), *(["--width", str(width)] if width else [])]
+        options += [
+            *(["--lines", str(lines)] if lines is not None else []),
+            *(["--after", str(after)] if after else []),
+        ]
         start = self.send_line(shlex.join(["ctl", nonce, *options, "--", action, *names]))
         m = self.wait_for(rf"{CTL_RESULT} {nonce} (\{{[^\r\n]*\}})\r?\n", start)
         body = json.loads(m.group(1))
         steps = tuple(Result(bool(s["ok"]), str(s["text"]), server=str(s["server"])) for s in body.get("steps", ()))
-        return Reply(bool(body["ok"]), str(body["text"]), bool(body.get("invalid", False)), steps=steps)
+        invalid, cursor = bool(body.get("invalid", False)), int(body.get("cursor", 0))
+        return Reply(bool(body["ok"]), str(body["text"]), invalid, steps=steps, cursor=cursor)
 
     def forget(self) -> None:
         keep = len(CPR_QUERY) - 1  # the start of a query split across two reads is still answered

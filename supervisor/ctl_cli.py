@@ -14,13 +14,14 @@ import textwrap
 import time
 
 from supervisor import ctl
-from supervisor.commands import ACTIONS, ALL, Command, Request, Result, parse
+from supervisor.commands import ACTIONS, ALL, TAIL_KEPT, TAIL_LINES, Command, Request, Result, parse
 from supervisor.config import load_config
 from supervisor.errors import ConfigError
 
 PREFIX = "supervisor ctl: "
 DEFAULT_INTERVAL = 2.0  # as watch(1)
 MIN_INTERVAL = 0.1
+FOLLOW_INTERVAL = 0.5  # tail -f: how often new lines are asked for
 HOME, CLEAR_SCREEN, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[2J", "\x1b[K", "\x1b[J"
 
 
@@ -46,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--timeout", type=float,
         help=f"seconds to wait for an answer (default {ctl.DEFAULT_TIMEOUT:g}; reload: {ctl.RELOAD_TIMEOUT:g})",
     )  # fmt: skip
+    p.add_argument("-n", "--lines", type=int, help=f"tail: how many lines (default {TAIL_LINES})")
+    p.add_argument("-f", "--follow", action="store_true", help="tail: keep printing new lines until Ctrl-C")
     p.add_argument("--watch", action="store_true", help="status: redraw it every --interval until Ctrl-C")
     p.add_argument("--interval", type=float, help=f"seconds between --watch refreshes (default {DEFAULT_INTERVAL:g})")
 
@@ -57,6 +60,12 @@ def main(args: argparse.Namespace) -> Outcome:
     watching = args.watch or args.interval is not None
     if watching and request.command is not Command.STATUS:
         return _fail("--watch and --interval go with status only", Outcome.INVALID)
+    tailing = request.command is Command.TAIL
+    if (args.follow or args.lines is not None) and not tailing:
+        return _fail("-n and -f go with tail only", Outcome.INVALID)
+    lines = TAIL_LINES if args.lines is None else args.lines
+    if tailing and not 0 <= lines <= TAIL_KEPT:
+        return _fail(f"-n: expected 0 to {TAIL_KEPT} (the lines kept per server), got {lines}", Outcome.INVALID)
     interval = DEFAULT_INTERVAL if args.interval is None else args.interval
     if interval < MIN_INTERVAL:
         return _fail(f"--interval: expected at least {MIN_INTERVAL:g} seconds, got {interval:g}", Outcome.INVALID)
@@ -74,6 +83,8 @@ def main(args: argparse.Namespace) -> Outcome:
     try:
         if watching:
             return watch(host, port, interval=interval, as_json=args.json, timeout=timeout)
+        if tailing:
+            return tail(host, port, request.names[0], lines, follow=args.follow, timeout=timeout)
         reply = ctl.run(args.action, *request.names, host=host, port=port, as_json=args.json, timeout=timeout,
                         width=terminal_width())  # fmt: skip
     except ctl.ConsoleUnavailable as exc:
@@ -132,6 +143,32 @@ def watch(host: str, port: int, *, interval: float, as_json: bool, timeout: floa
             client.pump(interval)
     except KeyboardInterrupt:
         with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C skips the goodbye (itself bounded)
+            client.leave()
+        return Outcome.OK
+    finally:
+        client.close()
+
+
+def tail(host: str, port: int, name: str, lines: int, *, follow: bool, timeout: float) -> Outcome:
+    """``tail NAME``: the server's last ``lines``; with ``follow``, new ones every FOLLOW_INTERVAL until Ctrl-C."""
+    client = ctl.ConsoleClient(host, port, timeout)
+    try:
+        client.connect()
+        client.wait_prompt()
+        reply = client.request("tail", name, lines=lines)
+        while True:
+            if not reply.ok:
+                return _fail(reply.text, Outcome.INVALID if reply.invalid else Outcome.FAILED)
+            if reply.text:
+                print(reply.text, flush=True)
+            if not follow:
+                return Outcome.OK
+            client.deadline = time.monotonic() + FOLLOW_INTERVAL + timeout
+            client.pump(FOLLOW_INTERVAL)
+            client.deadline = time.monotonic() + timeout
+            reply = client.request("tail", name, lines=TAIL_KEPT, after=reply.cursor)
+    except KeyboardInterrupt:
+        with contextlib.suppress(KeyboardInterrupt):
             client.leave()
         return Outcome.OK
     finally:

@@ -15,10 +15,11 @@ import threading
 import time
 from typing import Final
 
+from supervisor.commands import TAIL_KEPT
 from supervisor.handler import current_server
 
 FORMATS: Final = ("text", "json")
-RECENT_LINES: Final = 200  # per server: at most RECENT_LINES * LINE_MAX characters each (~400 KB)
+RECENT_LINES: Final = TAIL_KEPT  # per server: at most RECENT_LINES * LINE_MAX characters each (~400 KB)
 LINE_MAX: Final = 2048  # characters of one kept line (a traceback is cut, the log stream has it whole)
 
 

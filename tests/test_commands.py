@@ -34,7 +34,11 @@ def test_unknown_names_are_all_named_and_nothing_is_resolved() -> None:
 @pytest.mark.parametrize(
     ("action", "names", "message"),
     [
-        ("reboot", (), "unknown action 'reboot'; expected one of: status, restart, stop, start, reload, shutdown"),
+        (
+            "reboot",
+            (),
+            "unknown action 'reboot'; expected one of: status, restart, stop, start, tail, reload, shutdown",
+        ),
         ("stop", (), "'stop' needs a server name (or several, or 'all'), e.g. stop echo, or stop all"),
         ("status", ("echo",), "'status' takes no server name"),
         ("reload", ("all",), "'reload' takes no server name"),

@@ -161,7 +161,7 @@ async def test_help_shows_whole_descriptions_and_only_usable_commands(tmp_path: 
         (out,) = await asyncio.to_thread(_type, port, ("help", r"no command is repeated\."))
         (restart_help,) = await asyncio.to_thread(_type, port, ("restart --help", r"Usage: restart"))
     listed = re.findall(r"^  (\S+)", out, re.MULTILINE)
-    assert listed[:6] == ["status", "restart", "stop", "start", "reload", "shutdown"]  # ours first, in order
+    assert listed[:7] == ["status", "restart", "stop", "start", "tail", "reload", "shutdown"]  # ours first, in order
     for command in Command:  # each description whole, as commands.py has it (wrapped, never cut with "...")
         assert _words(f"{command.usage} {command.help}") in _words(out), command
     assert not re.search(r"\.\.\.\r?$", out, re.MULTILINE)  # aiomonitor's own help cut descriptions so
