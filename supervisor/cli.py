@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logs.setup(args.log_level, args.log_format)
             for warning in plan.warnings:  # what `check` prints under its table: runnable, but probably not meant
                 LOGGER.warning("%s", warning)
-            LOGGER.log(logging.INFO if held.startswith("pidfile ") else logging.WARNING, "%s", held)
+            LOGGER.log(logging.INFO if held.locked else logging.WARNING, "%s", held.line)
             return run(plan)
     except pidfile.AlreadyRunningError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)

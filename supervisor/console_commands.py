@@ -69,22 +69,15 @@ async def execute(
     command = request.command
     if command is Command.STATUS:
         return Result(True, status_json(tree) if as_json else "\n".join(status_table(tree, width)))
-    if command is Command.TAIL:
-        return tail(tree, request.names[0], lines, after)
-    if not command.needs_name:
+    if not command.needs_name and command is not Command.TAIL:
         return await _submit(tree, command, None)
     targets = resolve(request, [c.name for c in tree.snapshot().children])
     if isinstance(targets, Result):
         return targets
+    if command is Command.TAIL:
+        kept, cursor = logs.RECENT.tail(targets[0], lines, after)
+        return Result(True, "\n".join(kept), server=targets[0], cursor=cursor)
     return combine([dataclasses.replace(await _submit(tree, command, name), server=name) for name in targets])
-
-
-def tail(tree: TreeView, name: str, lines: int, after: int) -> Result:
-    servers = [c.name for c in tree.snapshot().children]
-    if name not in servers:
-        return Result(False, f"no server named '{name}'; servers: {', '.join(servers)}", invalid=True)
-    kept, cursor = logs.RECENT.tail(name, lines, after)
-    return Result(True, "\n".join(kept), server=name, cursor=cursor)
 
 
 async def _submit(tree: TreeView, command: Command, name: str | None) -> Result:

@@ -13,12 +13,18 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from supervisor.errors import SupervisorError
 
 
 class AlreadyRunningError(SupervisorError):
     pass
+
+
+class Held(NamedTuple):
+    locked: bool  # False: running without a pidfile (its default place could not be written)
+    line: str
 
 
 def default_path(config: str) -> Path:
@@ -30,9 +36,9 @@ def default_path(config: str) -> Path:
 
 
 @contextlib.contextmanager
-def held(path: Path, config: str, *, required: bool) -> Iterator[str]:
+def held(path: Path, config: str, *, required: bool) -> Iterator[Held]:
     """Hold ``path``'s lock with this pid in it, or raise AlreadyRunningError naming the pid that holds it.
-    Yields the line to log. A default path that cannot be opened (a read-only root filesystem in a container,
+    Yields what to log. A default path that cannot be opened (a read-only root filesystem in a container,
     where one process per container makes the lock moot) is a warning; a ``--pidfile`` given is ``required``."""
     try:
         fd = _locked(path)
@@ -40,7 +46,7 @@ def held(path: Path, config: str, *, required: bool) -> Iterator[str]:
         why = f"cannot open the pidfile {path}: {exc.strerror}"
         if required:
             raise AlreadyRunningError(f"{why}; pick another with --pidfile") from None
-        yield f"no pidfile ({why}): a second supervisor of this config is not prevented; give --pidfile PATH"
+        yield Held(False, f"no pidfile ({why}): a second supervisor of this config is not prevented; give --pidfile")
         return
     if fd < 0:
         pid = _holder(path)
@@ -52,7 +58,7 @@ def held(path: Path, config: str, *, required: bool) -> Iterator[str]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
-            yield f"pidfile {path} (pid {os.getpid()})"
+            yield Held(True, f"pidfile {path} (pid {os.getpid()})")
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)  # while still locked: a successor creates a fresh file
@@ -82,7 +88,9 @@ def _locked(path: Path) -> int:
         if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
             return fd
         os.close(fd)  # unlinked (or replaced) under us: take the file the path names now
-    raise OSError(errno.EAGAIN, "the pidfile keeps being replaced")
+    raise OSError(
+        errno.EAGAIN, "the pidfile keeps being replaced; give --pidfile PATH in a directory only this user can write"
+    )
 
 
 def _holder(path: Path) -> str:

@@ -58,9 +58,11 @@ async def serve(gen: Generation, reader: Reader, writer: asyncio.StreamWriter) -
         if not transport.is_closing():
             # once only: a second close() of a TLS transport drops its protocol, and its buffer size with it
             transport.close()
-        elif _unsent(transport) is None:
-            return  # closed twice already (by the handler): nothing left to wait for
-        if _unsent(transport):
+        try:
+            unsent = transport.get_write_buffer_size()
+        except AttributeError:  # asyncio's TLS transport after a handler closed it twice: nothing left to send
+            unsent = 0
+        if unsent:
             # a slow reader is still owed bytes: stay in the registry, so the drain bounds it
             await writer.wait_closed()
     except asyncio.CancelledError:
@@ -79,13 +81,6 @@ async def serve(gen: Generation, reader: Reader, writer: asyncio.StreamWriter) -
         stats.observe_duration(loop.time() - started)
         if not writer.transport.is_closing():
             writer.close()
-
-
-def _unsent(transport: asyncio.BaseTransport) -> int | None:
-    try:
-        return transport.get_write_buffer_size()  # type: ignore[attr-defined,no-any-return]
-    except AttributeError:  # asyncio's TLS transport after a second close()
-        return None
 
 
 def _handler_failed(gen: Generation, exc: Exception, reader: Reader, writer: asyncio.StreamWriter) -> None:

@@ -82,7 +82,10 @@ def _remove_stale(path: str) -> None:
         pass  # a full backlog, a timeout: something is there
     finally:
         probe.close()
-    raise OSError(errno.EADDRINUSE, "another process is listening on this socket file")
+    raise OSError(
+        errno.EADDRINUSE,
+        "another process is listening on this socket file; stop it, or give this server another unix path",
+    )
 
 
 def address_of(sock: socket.socket) -> Address:

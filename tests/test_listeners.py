@@ -262,17 +262,18 @@ async def test_unix_socket_in_use_is_not_taken_over(tmp_path: Path) -> None:
         other.close()
 
 
+def problems_of(tmp_path: Path, *servers: str) -> list[str]:
+    """The problems of a config with these server entries (each gets the lines handler), without the file name."""
+    entries = "".join(f"  - {entry[:-1]}, handler: 'tests.apps:lines'}}\n" for entry in servers)
+    with pytest.raises(ConfigError) as info:
+        plan_from(tmp_path, "servers:\n" + entries)
+    return [p.split("supervisor.yaml:", 1)[1] for p in info.value.problems]
+
+
 def test_unix_path_problems_are_located_at_check(tmp_path: Path) -> None:
     (tmp_path / "file.sock").write_text("not a socket")
-    with pytest.raises(ConfigError) as info:
-        plan_from(
-            tmp_path,
-            "servers:\n"
-            "  - {name: a, handler: 'tests.apps:lines', unix: file.sock}\n"
-            "  - {name: b, handler: 'tests.apps:lines', unix: nodir/b.sock}\n"
-            "  - {name: c, handler: 'tests.apps:lines', unix: file.sock}\n",
-        )
-    problems = [p.split("supervisor.yaml:", 1)[1] for p in info.value.problems]
+    problems = problems_of(tmp_path, "{name: a, unix: file.sock}", "{name: b, unix: nodir/b.sock}",
+                           "{name: c, unix: file.sock}")  # fmt: skip
     assert problems[0].startswith("4: servers[0].unix: ")
     assert problems[0].endswith("exists and is not a socket; the supervisor replaces only a stale socket file, "
                                 "remove it yourself")  # fmt: skip
@@ -283,15 +284,8 @@ def test_unix_path_problems_are_located_at_check(tmp_path: Path) -> None:
 
 
 def test_unix_and_port_settings_do_not_mix(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as info:
-        plan_from(
-            tmp_path,
-            "servers:\n"
-            "  - {name: c, handler: 'tests.apps:lines', unix: c.sock, port: 8080}\n"
-            "  - {name: d, handler: 'tests.apps:lines', port: 0, mode: '0600'}\n"
-            "  - {name: e, handler: 'tests.apps:lines', unix: e.sock, mode: '999'}\n",
-        )
-    problems = [p.split("supervisor.yaml:", 1)[1] for p in info.value.problems]
+    problems = problems_of(tmp_path, "{name: c, unix: c.sock, port: 8080}", "{name: d, port: 0, mode: '0600'}",
+                           "{name: e, unix: e.sock, mode: '999'}")  # fmt: skip
     assert problems[0].startswith("4: servers[0].port: not with unix: ")
     assert problems[1].startswith("5: servers[1].mode: not with port: ")
     assert problems[2].startswith("6: servers[2].mode: expected permission bits in octal")
