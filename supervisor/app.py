@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 
 from supervisor.commands import Result
 from supervisor.plan import Plan
@@ -12,14 +14,20 @@ from supervisor.status import status_table
 from supervisor.supervisor import Supervisor
 from supervisor.tree import View
 
+LOGGER = logging.getLogger("supervisor")
 
-async def run_plan(plan: Plan, views: tuple[View, ...] = ()) -> None:
-    """Serve ``plan`` until SIGTERM/SIGINT or a give-up (raises GaveUp)."""
+
+async def run_plan(plan: Plan, views: tuple[View, ...] = (), *, on_hup_reload: bool = True) -> None:
+    """Serve ``plan`` until SIGTERM/SIGINT or a give-up (raises GaveUp). ``on_hup_reload=False`` (a worker process:
+    its parent rolls a new worker instead): SIGHUP is logged and ignored."""
     supervisor = Supervisor(plan)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[Result]] = set()
 
     def reload() -> None:  # SIGHUP: the reload logs what it did, or why it was refused
+        if not on_hup_reload:
+            LOGGER.warning("SIGHUP received by a worker process: ignored (send it to the parent, pid %d)", os.getppid())
+            return
         task = loop.create_task(supervisor.reload("SIGHUP"), name="reload")
         reloads.add(task)
         task.add_done_callback(reloads.discard)

@@ -91,11 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def run(plan: Plan) -> int:
-    from supervisor.app import run_plan
-    from supervisor.views import enabled_views
-
-    views = enabled_views(plan)
+def run(plan: Plan, main: Coroutine[Any, Any, None] | None = None) -> int:
+    """Run ``main`` (default: this process serves ``plan`` with its views) to its end; the exit code."""
     _raise_open_files_limit(plan)
     if plan.supervisor.loop == "uvloop":
         import uvloop
@@ -103,8 +100,10 @@ def run(plan: Plan) -> int:
         new_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     else:
         new_loop = asyncio.new_event_loop
+    if main is None:
+        main = _serve(plan)
     try:
-        _run_loop(new_loop(), run_plan(plan, views))
+        _run_loop(new_loop(), main)
     except GaveUp as exc:
         LOGGER.critical("exit 1: %s", exc)
         return EXIT_FAILURE
@@ -116,6 +115,19 @@ def run(plan: Plan) -> int:
         return EXIT_FAILURE
     LOGGER.info("exit 0")
     return EXIT_OK
+
+
+async def _serve(plan: Plan) -> None:
+    from supervisor.views import enabled_views
+
+    if plan.supervisor.workers > 1:  # this process binds the sockets and keeps the worker processes serving them
+        from supervisor.workers import run_parent
+
+        await run_parent(plan, enabled_views(plan), logs.settings())
+        return
+    from supervisor.app import run_plan
+
+    await run_plan(plan, enabled_views(plan))
 
 
 def _raise_open_files_limit(plan: Plan) -> None:

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from supervisor import __version__
 from supervisor.loopguard import LAG_WINDOW
-from supervisor.state import DURATION_BUCKETS, ChildState, ConfigStatus, readiness
+from supervisor.state import DURATION_BUCKETS, ChildState, ConfigStatus, TreeSnapshot, WorkerState, readiness
 from supervisor.streams import CLIENT_REASONS
 from supervisor.tree import TreeView
 
@@ -141,6 +141,8 @@ class SupervisorCollector(Collector):
         info.add_metric([], {"version": __version__, "python": platform.python_version(), "loop": self._loop_name})
         yield info
         yield from _config_families(snap.config)
+        if snap.workers:
+            yield from _worker_families(snap)
 
     def _now(self) -> float:
         try:
@@ -172,6 +174,24 @@ def _config_families(config: ConfigStatus) -> Iterable[Metric]:
     for result, count in config.reloads:
         reloads.add_metric([result], float(count))
     yield reloads
+
+
+def _worker_families(snap: TreeSnapshot) -> Iterable[Metric]:
+    """With ``supervisor.workers: N`` (the servers' series above are already summed over the workers)."""
+    yield GaugeMetricFamily(
+        "supervisor_workers", "Worker processes serving (ready), of supervisor.workers",
+        value=sum(w.state is WorkerState.RUNNING for w in snap.workers),
+    )  # fmt: skip
+    yield GaugeMetricFamily("supervisor_workers_configured", "supervisor.workers", value=len(snap.workers))
+    up = GaugeMetricFamily("supervisor_worker_up", "1 if the worker process in this slot serves", labels=["worker"])
+    restarts = CounterMetricFamily(
+        "supervisor_worker_restarts", "Worker processes replaced after dying, by slot", labels=["worker"]
+    )
+    for w in snap.workers:
+        up.add_metric([str(w.slot)], float(w.state is WorkerState.RUNNING))
+        restarts.add_metric([str(w.slot)], float(w.restarts))
+    yield up
+    yield restarts
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:

@@ -38,7 +38,7 @@ from supervisor.yamlnodes import BoundedLoader, Refused, compose_fast
 __all__ = [
     "HANDLER_ERROR_POLICIES", "LOOPS", "RESTART_TYPES", "STRATEGIES", "BackoffSpec", "Config", "ConsoleSpec",
     "Location", "MetricsSpec", "ServerSpec", "SupervisorSpec", "load_config", "parse_config", "parse_duration",
-    "parse_size",
+    "parse_size", "read_config",
 ]  # fmt: skip
 
 MAX_FILE_BYTES: Final = 1 << 20
@@ -49,6 +49,12 @@ _KINDS: Final = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe", stat
 
 def load_config(path: str | Path) -> Config:
     """Read and validate ``path``. Raises ConfigError listing every problem found."""
+    text, digest = read_config(path)
+    return dataclasses.replace(parse_config(text, Path(path)), digest=digest)
+
+
+def read_config(path: str | Path) -> tuple[str, str]:
+    """The config file's text (newlines normalized) and its bytes' sha256. Raises ConfigError if unreadable."""
     path = Path(path)
     try:
         # O_NONBLOCK: opening a named pipe must not wait for a writer (it is refused just below)
@@ -71,8 +77,7 @@ def load_config(path: str | Path) -> Config:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: the config file is not UTF-8 text ({exc.reason})"]) from None
-    config = parse_config(text.replace("\r\n", "\n").replace("\r", "\n"), path)
-    return dataclasses.replace(config, digest=hashlib.sha256(data).hexdigest())
+    return text.replace("\r\n", "\n").replace("\r", "\n"), hashlib.sha256(data).hexdigest()
 
 
 def parse_config(text: str, path: Path) -> Config:

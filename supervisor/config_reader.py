@@ -66,6 +66,7 @@ class ConfigReader(NodeReader):
             shutdown_timeout=self.field(f, "shutdown_timeout", p, v.duration(positive=True), d.shutdown_timeout),
             loop=self.field(f, "loop", p, v.choice(LOOPS), d.loop),
             max_loop_lag=self.field(f, "max_loop_lag", p, v.duration(positive=True), d.max_loop_lag),
+            workers=self.field(f, "workers", p, v.workers, d.workers),
         )
 
     def metrics(self, node: Node | None) -> MetricsSpec:

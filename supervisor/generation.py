@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
-from supervisor import session
+from supervisor import session, sockets
 from supervisor.address import Address
 from supervisor.connections import Connections
 from supervisor.errors import StartTimeout, StopServer
@@ -95,7 +95,8 @@ class Generation:
 
     def start_drain(self, budget: float, *, restart: bool = False) -> None:
         if not self._drain_budget.done():
-            self.spare_fresh = restart
+            # a worker's shutdown is a restart for its clients too: the socket stays open, others serve it
+            self.spare_fresh = restart or sockets.shared()
             self._drain_budget.set_result(budget)
 
     def _forced(self, _: asyncio.Future[None]) -> None:

@@ -40,20 +40,26 @@ class ServerTag(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
+    def __init__(self, worker: int = 0) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s%(where)s: %(message)s")
+        self._worker = f"w{worker}" if worker else ""  # a worker process's lines say which: [echo#3 w2], [w2]
 
     def format(self, record: logging.LogRecord) -> str:
         # the supervisor's own lines name their server already ("server echo failed: ..."): tag the others
         server = getattr(record, "server", "") if record.name != "supervisor" else ""
         gen = getattr(record, "generation", 0)
-        record.where = (f" [{server}#{gen}]" if gen else f" [{server}]") if server else ""
+        tag = " ".join(filter(None, (f"{server}#{gen}" if server and gen else server, self._worker)))
+        record.where = f" [{tag}]" if tag else ""
         return super().format(record)
 
 
 class JsonFormatter(logging.Formatter):
     """One object per line, stable field names: ts (RFC 3339, UTC), level, logger, message, and server,
-    generation and exc (the traceback) when there are any."""
+    generation, worker (a worker process's slot) and exc (the traceback) when there are any."""
+
+    def __init__(self, worker: int = 0) -> None:
+        super().__init__()
+        self._worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
@@ -62,6 +68,8 @@ class JsonFormatter(logging.Formatter):
         }  # fmt: skip
         if server := getattr(record, "server", ""):
             out["server"], out["generation"] = server, getattr(record, "generation", 0)
+        if self._worker:
+            out["worker"] = self._worker
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False, default=str)
@@ -74,17 +82,27 @@ class Recent(logging.Handler):
         super().__init__()
         self.setFormatter(TextFormatter())
         self._lines: dict[str, collections.deque[tuple[int, str]]] = {}
+        self._latest: collections.deque[tuple[int, str, str]] = collections.deque(maxlen=RECENT_LINES)  # any server
         self._seq = 0
         self._cond = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not (server := getattr(record, "server", "")):
-            return
-        line = self.format(record)[:LINE_MAX]
+        if server := getattr(record, "server", ""):
+            self.keep(server, self.format(record))
+
+    def keep(self, server: str, line: str) -> None:
+        """Keep one line of ``server`` (a workers parent keeps the lines its workers forward)."""
+        line = line[:LINE_MAX]
         with self._cond:
             self._seq += 1
             self._lines.setdefault(server, collections.deque(maxlen=RECENT_LINES)).append((self._seq, line))
+            self._latest.append((self._seq, server, line))
             self._cond.notify_all()
+
+    def since(self, after: int) -> tuple[list[tuple[str, str]], int]:
+        """The (server, line) pairs kept after sequence ``after`` (the last RECENT_LINES at most), and the cursor."""
+        with self._cond:
+            return [(server, line) for seq, server, line in self._latest if seq > after], self._seq
 
     def tail(self, server: str, n: int, after: int = 0) -> tuple[list[str], int]:
         """Up to the last ``n`` lines of ``server`` newer than sequence ``after``, and the sequence to follow from."""
@@ -108,11 +126,21 @@ class _HandOff(logging.handlers.QueueHandler):
         return record
 
 
-def setup(level: str, fmt: str = "text") -> None:
+_SETTINGS: list[str] = ["INFO", "text"]
+
+
+def settings() -> tuple[str, str]:
+    """The level and format :func:`setup` was given (a workers parent starts its workers with the same)."""
+    return _SETTINGS[0], _SETTINGS[1]
+
+
+def setup(level: str, fmt: str = "text", worker: int = 0) -> None:
     # Formatting and writing log lines happen on a thread, not on the event loop: a restart is ~1 ms,
     # and a traceback written to a slow pipe or terminal would otherwise be most of it.
+    _SETTINGS[:] = [level, fmt]
     stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    stream.setFormatter(JsonFormatter(worker) if fmt == "json" else TextFormatter(worker))
+    RECENT.setFormatter(TextFormatter(worker))  # a worker's kept lines say which worker, in its parent's tail too
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, stream, RECENT, respect_handler_level=True)
     listener.start()

@@ -97,8 +97,9 @@ class Plan:
         return lines
 
 
-def make_plan(config: Config) -> Plan:
-    """Raises ConfigError with every problem (file:line: key: what is expected)."""
+def make_plan(config: Config, *, handlers: bool = True) -> Plan:
+    """Raises ConfigError with every problem (file:line: key: what is expected). ``handlers=False``: leave the
+    handlers unimported (a workers parent: its worker processes import them fresh, and report their problems)."""
     problems: list[str] = []
     check_names(config.servers, problems)
     check_binds(config, addresses(config, problems), problems)
@@ -107,7 +108,7 @@ def make_plan(config: Config) -> Plan:
     if (config_dir := str(base)) not in sys.path:
         # handlers next to the config import like the user's own modules would
         sys.path.append(config_dir)
-    resolved = {s.name: resolve_handler(s, problems) for s in config.servers}
+    resolved = {s.name: resolve_handler(s, problems) if handlers else (None, False) for s in config.servers}
     tls = {s.name: tls_plan(s, base, problems) for s in config.servers}
     if problems:
         raise ConfigError(capped(sorted(problems, key=_line_of)))

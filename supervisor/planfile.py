@@ -3,18 +3,31 @@ the file, build the plan, and add the views' own checks (console.host); and how 
 
 from __future__ import annotations
 
-from supervisor.config import load_config
+import dataclasses
+from pathlib import Path
+
+from supervisor.config import load_config, parse_config
 from supervisor.errors import ConfigError
 from supervisor.plan import Plan, make_plan
+from supervisor.spec import Config
 from supervisor.views import view_problems
 
 
-def load_plan(path: str) -> Plan:
+def load_plan(path: str, *, handlers: bool = True) -> Plan:
     """Raises ConfigError with every problem, each ``file:line: key: what to do``."""
-    config = load_config(path)
+    return checked_plan(load_config(path), handlers=handlers)
+
+
+def plan_from_text(text: str, path: str, digest: str, *, handlers: bool = True) -> Plan:
+    """The plan of a config file's text read earlier (config.read_config): a workers parent reads the file once
+    and gives its worker processes the very text it checked."""
+    return checked_plan(dataclasses.replace(parse_config(text, Path(path)), digest=digest), handlers=handlers)
+
+
+def checked_plan(config: Config, *, handlers: bool = True) -> Plan:
     problems = view_problems(config)
     try:
-        plan = make_plan(config)
+        plan = make_plan(config, handlers=handlers)
     except ConfigError as exc:
         raise ConfigError(exc.problems + problems) from None
     if problems:

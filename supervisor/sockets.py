@@ -1,5 +1,7 @@
 """Binding a server's listening socket, once for the server's life: TCP, or a unix socket (a stale socket file
-is replaced, ``mode`` is applied, and the file is removed when the socket closes for good)."""
+is replaced, ``mode`` is applied, and the file is removed when the socket closes for good). In a worker process
+(``supervisor.workers: N``) the parent bound them: :func:`inherit` makes ``bind`` hand out copies of its sockets,
+and the unix files stay the parent's to remove."""
 
 from __future__ import annotations
 
@@ -12,9 +14,26 @@ import stat
 from supervisor.address import Address
 from supervisor.plan import ServerPlan
 
+_INHERITED: dict[str, int] = {}  # server name -> a listening socket's fd the parent passed to this worker
+
+
+def inherit(fds: dict[str, int]) -> None:
+    """This process is a worker: its servers' listening sockets are these fds, bound and kept by the parent."""
+    _INHERITED.update(fds)
+
+
+def shared() -> bool:
+    """This process is one of several accepting on each socket (a worker): the socket outlives its drain."""
+    return bool(_INHERITED)
+
 
 def bind(plan: ServerPlan) -> socket.socket:
     """A listening, non-blocking socket for ``plan``. OSError names the address and what went wrong."""
+    if (fd := _INHERITED.get(plan.name)) is not None:
+        # a copy: closing it (a stop, this worker's shutdown) leaves the parent's, and its accept queue, open
+        sock = socket.socket(fileno=os.dup(fd))
+        sock.setblocking(False)
+        return sock
     try:
         return _bind_unix(plan) if plan.unix else _bind_tcp(plan)
     except OSError as exc:
@@ -97,7 +116,7 @@ def address_of(sock: socket.socket) -> Address:
 
 def identity(sock: socket.socket) -> tuple[int, int] | None:
     """The unix socket file's (device, inode): remove the file at close only if it is still ours."""
-    if sock.family != socket.AF_UNIX:
+    if sock.family != socket.AF_UNIX or _INHERITED:
         return None
     st = os.stat(sock.getsockname())
     return st.st_dev, st.st_ino

@@ -35,6 +35,7 @@ class SupervisorSpec:
     shutdown_timeout: float = 30.0
     loop: str = "asyncio"
     max_loop_lag: float = 5.0  # a loop blocked this long makes /healthz fail (LAG_WINDOW)
+    workers: int = 1  # processes serving the same sockets (workers.py); 1: this process serves, no other
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,12 +82,33 @@ class ConfigStatus:
         return dataclasses.replace(self, reloads=counts)
 
 
+class WorkerState(enum.StrEnum):
+    STARTING = "starting"  # spawned, not ready yet
+    RUNNING = "running"  # every server it runs serves (its readiness handshake)
+    STOPPING = "stopping"  # told to stop (a shutdown, or the old worker of a rolling reload)
+    BACKOFF = "backoff"  # it died: replaced after a delay
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """One worker process slot (``supervisor.workers: N``): the process serving in it now."""
+
+    slot: int  # 1..N
+    pid: int
+    state: WorkerState
+    started_at: float | None  # loop time it became ready
+    restarts: int  # replacements of this slot after a death
+    last_exit: str  # how the last process in this slot ended ("" if none did)
+
+
 @dataclass(frozen=True, slots=True)
 class TreeSnapshot:
     children: tuple[ChildStatus, ...] = ()
     started: bool = False  # every wanted server has served at least once (the readiness handshake)
     shutting_down: bool = False
     config: ConfigStatus = ConfigStatus()
+    workers: tuple[WorkerStatus, ...] = ()  # empty in the single process of ``workers: 1``
 
     def child(self, name: str) -> ChildStatus | None:
         return next((c for c in self.children if c.name == name), None)

@@ -46,7 +46,12 @@ def status_rows(supervisor: TreeView) -> list[dict[str, Any]]:
 def status_json(supervisor: TreeView) -> str:
     snap = supervisor.snapshot()
     ready, why = readiness(snap)
-    tree = {"ready": ready, "not_ready_because": why or None, "shutting_down": snap.shutting_down}
+    tree: dict[str, Any] = {"ready": ready, "not_ready_because": why or None, "shutting_down": snap.shutting_down}
+    if snap.workers:
+        tree["workers"] = [
+            {"worker": w.slot, "state": w.state.value, "pid": w.pid, "restarts": w.restarts, "last_exit": w.last_exit}
+            for w in snap.workers
+        ]
     c = snap.config
     config = {
         "file": c.source, "sha256": c.digest, "loaded_at": c.loaded_at, "reloading": c.reloading,
@@ -89,9 +94,28 @@ def status_table(supervisor: TreeView, width: int | None = None) -> list[str]:
             row[-1] = clip(row[-1], room)
     fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
     lines = [fmt.format(*STATUS_HEAD).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+    lines.extend(worker_lines(snap, _now(supervisor)))
     lines.append(config_line(snap.config))
     lines.append(f"supervisor: {_summary(supervisor, snap)}")
     return lines
+
+
+WORKER_HEAD = ("worker", "state", "pid", "uptime", "restarts", "last exit")
+
+
+def worker_lines(snap: TreeSnapshot, now: float | None) -> list[str]:
+    """With ``supervisor.workers: N``: one row per worker process under the servers' (none for one process)."""
+    if not snap.workers:
+        return []
+    rows = [
+        [f"w{w.slot}", w.state.value, str(w.pid or "-"),
+         format_duration(now - w.started_at if now is not None and w.started_at is not None else None),
+         str(w.restarts), " ".join(w.last_exit.split()) or "-"]
+        for w in snap.workers
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in [WORKER_HEAD, *rows]) for i in range(len(WORKER_HEAD) - 1)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+    return [fmt.format(*WORKER_HEAD).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
 
 
 def clip(text: str, room: int) -> str:

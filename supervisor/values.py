@@ -4,6 +4,7 @@ value is shown in a message -- clipped, whatever it is -- and the cap on how man
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import reprlib
 from collections.abc import Callable
@@ -127,6 +128,18 @@ def int_in(lo: int, hi: int) -> Callable[[object], int]:
         raise ValueError(f"expected an integer {lo}-{hi}")
 
     return check
+
+
+MAX_WORKERS = 256
+
+
+def workers(value: object) -> int:
+    """``workers: N`` (1-256) or ``auto``: one per CPU this process may run on."""
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    raise ValueError(f"expected an integer 1-{MAX_WORKERS} or 'auto' (one worker process per CPU)")
 
 
 def float_in(lo: float, hi: float) -> Callable[[object], float]:

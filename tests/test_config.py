@@ -626,7 +626,7 @@ def test_handler_must_be_module_colon_attribute(tmp_path: Path, value: str) -> N
         (
             "supervisor: [a]",
             "supervisor: expected a mapping with keys " + "strategy, max_restarts, "
-            "restart_window, shutdown_timeout, loop, max_loop_lag, got a list",
+            "restart_window, shutdown_timeout, loop, max_loop_lag, workers, got a list",
         ),
         ("metrics: {enabled: maybe}", "metrics.enabled: expected true or false, got 'maybe'"),
         ("metrics: {enabled: 1}", "metrics.enabled: expected true or false, got 1"),
@@ -1047,3 +1047,20 @@ def test_the_libyaml_fast_path_agrees_with_the_bounded_reader(text: str, monkeyp
     fast = _outcome(text)
     monkeypatch.setattr("supervisor.config.compose_fast", lambda _text: None)
     assert fast == _outcome(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0, "got 0"), ("many", "got 'many'"), (True, "got true"), (257, "got 257")],
+)
+def test_workers_must_be_a_count_or_auto(tmp_path: Path, value: object, expected: str) -> None:
+    shown = "true" if value is True else repr(value) if isinstance(value, str) else value
+    text = f"supervisor: {{workers: {shown}}}\nservers: [{{name: a, handler: '{ECHO}', port: 1}}]\n"
+    problem = one_problem(tmp_path, text)
+    assert problem.startswith("1: supervisor.workers: expected an integer 1-256 or 'auto'"), problem
+    assert expected in problem, problem
+
+
+def test_workers_auto_is_one_per_usable_cpu(tmp_path: Path) -> None:
+    path = write(tmp_path, f"supervisor: {{workers: auto}}\nservers: [{{name: a, handler: '{ECHO}', port: 1}}]\n")
+    assert load_config(path).supervisor.workers == len(os.sched_getaffinity(0))

@@ -1,0 +1,161 @@
+"""The parent's view of its worker processes (``supervisor.workers: N``), as the one read-only interface every
+view reads (tree.TreeView): so /metrics, /readyz, the console, ``ctl`` and sd_notify work unchanged on it.
+
+A server's status is merged from the workers that serve: running only if it runs in each of them. Its counters
+are summed over the live workers plus the last report of every dead one, so a counter never goes backwards when a
+worker dies (Prometheus' ``rate()`` would read the drop as a reset). The parent's coordinator (workers.py) is the
+only writer: it changes slots and calls :meth:`Fleet.publish`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor import wire
+from supervisor.address import Address
+from supervisor.commands import Command, Result
+from supervisor.loopguard import LoopGuard
+from supervisor.plan import Plan
+from supervisor.state import (
+    ChildState,
+    ChildStatus,
+    ConfigStatus,
+    Publisher,
+    ServerStats,
+    TreeSnapshot,
+    WorkerState,
+    WorkerStatus,
+)
+from supervisor.worker_process import WorkerProcess
+
+
+@dataclass(slots=True)
+class Slot:
+    """One of the N places a worker process serves in; a dead worker's replacement takes the same slot."""
+
+    number: int
+    process: WorkerProcess | None = None
+    state: WorkerState = WorkerState.STARTING
+    restarts: int = 0
+    last_exit: str = ""
+    started_at: float | None = None  # loop time its current process became ready
+
+    def status(self) -> WorkerStatus:
+        pid = self.process.pid if self.process else 0
+        return WorkerStatus(self.number, pid, self.state, self.started_at, self.restarts, self.last_exit)
+
+
+class Fleet:
+    def __init__(self, plan: Plan, addresses: Mapping[str, Address], handle: Callable[[Command, str | None],
+                 Coroutine[Any, Any, Result]]) -> None:  # fmt: skip
+        loop = asyncio.get_running_loop()
+        self.plan = plan
+        self.addresses = dict(addresses)  # server -> its bound address (the parent's sockets)
+        self.slots = [Slot(n) for n in range(1, plan.supervisor.workers + 1)]
+        self.retiring: list[WorkerProcess] = []  # a rolling reload's old workers, draining
+        self.ready: asyncio.Future[list[Address]] = loop.create_future()
+        self.guard = FleetLag(self, LoopGuard(lambda fd: None, plan.supervisor.max_loop_lag))
+        self.config = ConfigStatus(plan.source, plan.digest, time.time(), last_success_at=time.time())
+        self.shutting_down = False
+        self._dead: dict[str, ServerStats] = {}  # each server's totals from the workers that are gone
+        self._counted: list[WorkerProcess] = []  # whose last report counts, until it is buried
+        self._handle = handle
+        self._loop = loop
+        self._published = Publisher(self._build())
+
+    # -- tree.TreeView ---------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> TreeSnapshot:
+        return self._published.snapshot()
+
+    async def changed(self) -> TreeSnapshot:
+        return await self._published.changed()
+
+    def counters(self) -> Mapping[str, ServerStats]:
+        totals = {name: dataclasses.replace(self._dead.get(name) or ServerStats()) for name in self.addresses}
+        for name, stats in totals.items():
+            stats.restarts, stats.client_errors = stats.restarts.copy(), stats.client_errors.copy()
+            stats.duration_counts = list(stats.duration_counts)
+            for process in self._counted:
+                if (live := process.stats.get(name)) is not None:
+                    wire.add_stats(stats, live)
+        return totals
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def submit(self, command: Command, name: str | None = None) -> concurrent.futures.Future[Result]:
+        return asyncio.run_coroutine_threadsafe(self._handle(command, name), self._loop)
+
+    # -- for the parent's coordinator --------------------------------------------------------------------------------
+
+    def processes(self) -> list[WorkerProcess]:
+        """Every live worker process: the slots' and the retiring ones'."""
+        live = [s.process for s in self.slots if s.process is not None and not s.process.exited.done()]
+        return live + [p for p in self.retiring if not p.exited.done()]
+
+    def count(self, process: WorkerProcess) -> None:
+        """Count ``process``'s reports from now on, until :meth:`bury`."""
+        self._counted.append(process)
+
+    def bury(self, process: WorkerProcess) -> None:
+        """``process`` ended: its last report joins the dead totals (once). Until this runs its last report still
+        counts as a live one, so a scrape in between never sees a counter drop."""
+        if process in self._counted:
+            self._counted.remove(process)
+            for name, stats in process.stats.items():
+                wire.add_stats(self._dead.setdefault(name, ServerStats()), stats, gauges=False)
+
+    def publish(self, _: object = None) -> None:
+        self._published.publish(self._build())
+
+    def _build(self) -> TreeSnapshot:
+        serving = [s.process for s in self.slots if s.process is not None and s.state is WorkerState.RUNNING]
+        children = tuple(self._merged(p.name, serving) for p in self.plan.servers)
+        started = self.ready.done() and not self.ready.cancelled()
+        workers = tuple(s.status() for s in self.slots)
+        return TreeSnapshot(children, started, self.shutting_down, self.config, workers)
+
+    def _merged(self, name: str, serving: list[WorkerProcess]) -> ChildStatus:
+        mine = [c for p in serving for c in p.children if c.name == name]
+        address = str(self.addresses.get(name, ""))
+        plan = next(p for p in self.plan.servers if p.name == name)
+        if not mine:
+            return ChildStatus(name, ChildState.STARTING, address, plan.restart, None, 0, 0, "")
+        states = {c.state for c in mine}
+        state = ChildState.RUNNING if states == {ChildState.RUNNING} else min(states - {ChildState.RUNNING}, key=_rank)
+        started = [c.started_at for c in mine if c.started_at is not None]
+        errors = [c.last_error for c in mine if c.last_error]
+        return ChildStatus(
+            name, state, address, plan.restart, min(started) if started else None, max(c.generation for c in mine),
+            sum(c.restarts for c in mine), errors[-1] if errors else "", wanted=any(c.wanted for c in mine),
+        )  # fmt: skip
+
+
+_ORDER = (ChildState.FAILED, ChildState.STOPPED, ChildState.BACKOFF, ChildState.STOPPING, ChildState.STARTING)
+
+
+def _rank(state: ChildState) -> int:
+    """The state a server shows when its workers disagree: the one an operator must hear about first."""
+    return _ORDER.index(state) if state in _ORDER else len(_ORDER)
+
+
+class FleetLag:
+    """The loop lag views report: the worst of the parent's loop and every worker's."""
+
+    def __init__(self, fleet: Fleet, own: LoopGuard) -> None:
+        self.own = own
+        self._fleet = fleet
+        self.max_lag = own.max_lag
+
+    def worst_lag(self) -> float:
+        return max([self.own.worst_lag(), *(p.lag for p in self._fleet.processes())])
+
+    def blocked(self) -> bool:
+        return self.own.blocked() or any(p.blocked for p in self._fleet.processes())

@@ -1,0 +1,292 @@
+"""``supervisor.workers: N``: the parent process. It binds every listening socket once and keeps it for its life;
+N worker processes (worker.py) run the supervision tree on those sockets (the gunicorn/uvicorn model, not
+SO_REUSEPORT: a dying worker's accept queue would be reset with it). A dead worker is replaced with backoff;
+too many deaths in the restart window and the parent shuts down in order and exits 1. SIGTERM: every worker
+drains in parallel, bounded (a second signal is passed on: it cuts their waits), then the sockets close.
+A reload rolls the workers one at a time (worker_reload.py). Views read the workers through fleet.Fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import socket
+
+from supervisor import sockets
+from supervisor.commands import Command, Result, combine
+from supervisor.config import read_config
+from supervisor.errors import GaveUp, SupervisorError
+from supervisor.fleet import Fleet, Slot
+from supervisor.plan import Plan
+from supervisor.restart import Backoff, Intensity
+from supervisor.signals import handle_signals
+from supervisor.spec import BackoffSpec
+from supervisor.state import WorkerState
+from supervisor.status import status_table
+from supervisor.tree import View
+from supervisor.worker_process import ConfigText, WorkerProcess
+
+LOGGER = logging.getLogger("supervisor")
+
+EXIT_GRACE = 2.0  # beyond a worker's own shutdown bound: its interpreter's exit, before it is killed
+WORKER_BACKOFF = BackoffSpec()  # between deaths of one slot's workers: 0.1 s doubling up to 5 s, with jitter
+
+
+async def run_parent(plan: Plan, views: tuple[View, ...], _settings: tuple[str, str] = ("INFO", "text")) -> None:
+    """Serve ``plan`` with its worker processes until SIGTERM/SIGINT or too many deaths (raises GaveUp)."""
+    parent = Parent(plan, _config_text(plan))
+    try:
+        await parent.run(views)
+    finally:
+        parent.close_sockets()
+
+
+def _config_text(plan: Plan) -> ConfigText:
+    text, digest = read_config(plan.source)
+    if digest != plan.digest:
+        raise SupervisorError(f"{plan.source} changed while the supervisor started; run it again")
+    return ConfigText(plan.source, text, digest)
+
+
+class Parent:
+    def __init__(self, plan: Plan, config: ConfigText) -> None:
+        self.plan = plan
+        self.config = config
+        self.sockets: dict[str, socket.socket] = {}  # server name -> its listening socket, for the parent's life
+        self._files: dict[int, tuple[int, int] | None] = {}  # fd -> its unix socket file, removed at close
+        try:
+            for server in plan.servers:
+                self.adopt_socket(server.name, sockets.bind(server))
+        except OSError as exc:
+            self.close_sockets()
+            raise SupervisorError(f"cannot listen: {exc.strerror}; nothing was started") from None
+        addresses = {name: sockets.address_of(s) for name, s in self.sockets.items()}
+        self.fleet = Fleet(plan, addresses, self.handle)
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._force: asyncio.Future[None] = loop.create_future()
+        self._gave_up = ""
+        self.stop_reason = ""
+        self._intensity = Intensity(plan.supervisor.max_restarts, plan.supervisor.restart_window, loop.time)
+        self._keepers: dict[int, asyncio.Task[None]] = {}
+        self.rolling: asyncio.Task[Result] | None = None  # the one reload under way
+
+    # -- control ---------------------------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self, reason: str) -> None:
+        if self._stop.is_set():
+            if not self._force.done():
+                LOGGER.warning("second stop request (%s): passing it on to the workers, skipping their drains", reason)
+                self._force.set_result(None)
+                for process in self.fleet.processes():
+                    process.signal(signal.SIGTERM)
+            return
+        self.stop_reason = reason
+        self._stop.set()
+
+    async def handle(self, command: Command, name: str | None) -> Result:
+        """A control command from the console or ``ctl``, on the parent's loop."""
+        if command is Command.SHUTDOWN:
+            self.request_stop("control: shutdown")
+            return Result(True, "shutting down")
+        if command is Command.RELOAD:
+            return await self.reload("control")
+        if self.stopping:
+            return Result(False, "the supervisor is shutting down")
+        serving = [s for s in self.fleet.slots if s.process is not None and s.state is WorkerState.RUNNING]
+        if not serving:
+            return Result(False, "no worker is running (see status)")
+        # one worker after the other: the server never stops in every worker at once
+        steps = [await s.process.command(command, name or "") for s in serving if s.process is not None]
+        if all(r.ok for r in steps) and len({r.text for r in steps}) == 1:
+            return Result(True, f"{steps[0].text} in {len(steps)} worker(s)")
+        return combine([Result(r.ok, f"worker {s.number}: {r.text}") for s, r in zip(serving, steps, strict=True)])
+
+    def reload(self, trigger: str) -> asyncio.Future[Result]:
+        from supervisor.worker_reload import roll
+
+        if self.rolling is not None and not self.rolling.done():
+            LOGGER.warning("reload (%s) refused: a reload is under way", trigger)
+            return _done(Result(False, "not reloading: a reload is under way; try again once it is done"))
+        if self.stopping or not self.fleet.ready.done():
+            why = "shutting down" if self.stopping else "still starting; reload once it is ready"
+            LOGGER.warning("reload (%s) refused: the supervisor is %s", trigger, why)
+            return _done(Result(False, f"not reloading: the supervisor is {why}"))
+        self.rolling = asyncio.create_task(roll(self, trigger), name="reload")
+        return asyncio.shield(self.rolling)
+
+    # -- run -----------------------------------------------------------------------------------------------------------
+
+    async def run(self, views: tuple[View, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        fleet = self.fleet
+
+        def sighup() -> None:
+            self.reload("SIGHUP")
+
+        async with contextlib.AsyncExitStack() as stack:
+            for view in views:
+                await stack.enter_async_context(view(self.plan, fleet))
+            with fleet.guard.own.installed(loop), handle_signals(
+                loop, self.request_stop, lambda: status_table(fleet), sighup
+            ):  # fmt: skip
+                for slot in fleet.slots:
+                    self.keep(slot)
+                await self._stop.wait()
+                await self._shutdown()
+        if self._gave_up:
+            raise GaveUp(self._gave_up)
+
+    def keep(self, slot: Slot) -> None:
+        self._keepers[slot.number] = asyncio.create_task(self._keep(slot), name=f"worker-{slot.number}")
+
+    async def spawn(self, slot_number: int, config: ConfigText, plan: Plan) -> WorkerProcess:
+        process = WorkerProcess(slot_number, config, self.fleet.publish)
+        self.fleet.count(process)
+        try:
+            await process.start({s.name: self.sockets[s.name] for s in plan.servers})
+        except BaseException:
+            self.fleet.bury(process)
+            raise
+        return process
+
+    async def _keep(self, slot: Slot) -> None:
+        """Keep a worker serving in ``slot``: start one, and replace it (with backoff) each time it dies."""
+        backoff = Backoff(WORKER_BACKOFF, random.random)
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            try:
+                if slot.process is None or slot.process.exited.done():  # else a reload started one meanwhile
+                    slot.state, slot.started_at = WorkerState.STARTING, None
+                    slot.process = await self.spawn(slot.number, self.config, self.plan)
+            except OSError as exc:  # fork failed (out of memory, process limit)
+                slot.last_exit = f"could not start: {exc}"
+            else:
+                self.fleet.publish()
+                await self._serve(slot)
+                if self._stop.is_set():  # (not the property: mypy would take it as narrowed by the loop's test)
+                    return
+            uptime = loop.time() - slot.started_at if slot.started_at is not None else 0.0
+            LOGGER.warning("worker %d %s", slot.number, slot.last_exit)
+            if not self._intensity.record():
+                why = f"worker processes died more than {self.plan.supervisor.max_restarts} times in "
+                self.give_up(why + f"{self.plan.supervisor.restart_window:g}s (last: worker {slot.number}, "
+                             f"{slot.last_exit})")  # fmt: skip
+                return
+            delay = backoff.next_delay(uptime)
+            LOGGER.info("worker %d: replacing it in %.2fs", slot.number, delay)
+            slot.state = WorkerState.BACKOFF
+            self.fleet.publish()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            slot.restarts += 1
+
+    async def _serve(self, slot: Slot) -> None:
+        """Wait for ``slot``'s worker to be ready, then for its end; a reload may swap the process meanwhile."""
+        fleet = self.fleet
+        while (process := slot.process) is not None:
+            if not process.ready.done():
+                await process.settled()
+                if process.ready.done() and not process.ready.exception() and slot.process is process:
+                    slot.state, slot.started_at = WorkerState.RUNNING, asyncio.get_running_loop().time()
+                    LOGGER.info("worker %d (pid %d) ready", slot.number, process.pid)
+                    self._maybe_ready()
+                    fleet.publish()
+            code = await asyncio.shield(process.exited)
+            fleet.bury(process)
+            if slot.process is not process:  # a reload replaced it: watch its successor
+                continue
+            slot.last_exit = f"(pid {process.pid}) {'stopped' if self.stopping else 'died'}: "
+            slot.last_exit += process.exit_reason(code)
+            for problem in process.problems:
+                LOGGER.error("worker %d: %s", slot.number, problem)
+            return
+
+    def _maybe_ready(self) -> None:
+        fleet = self.fleet
+        if not fleet.ready.done() and all(s.state is WorkerState.RUNNING for s in fleet.slots):
+            addresses = list(fleet.addresses.values())
+            LOGGER.info("supervisor ready: %d server(s) serving in %d worker processes", len(addresses),
+                        len(fleet.slots))  # fmt: skip
+            fleet.ready.set_result(addresses)
+
+    def give_up(self, why: str) -> None:
+        self._gave_up = self._gave_up or why
+        self.request_stop("gave up")
+
+    async def _shutdown(self) -> None:
+        """Every worker drains at once, within its own bound; a second stop request cuts them (request_stop)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        fleet = self.fleet
+        fleet.shutting_down = True
+        LOGGER.info("shutdown (%s): stopping %d worker process(es)", self.stop_reason, len(fleet.processes()))
+        if self.rolling is not None:
+            self.rolling.cancel()
+        for slot in fleet.slots:
+            slot.state = WorkerState.STOPPING if slot.process else WorkerState.STOPPED
+        fleet.publish()
+        processes = fleet.processes()
+        for process in processes:
+            process.signal(signal.SIGTERM)
+        exits = [p.exited for p in processes]
+        if exits:
+            every = asyncio.ensure_future(_every(exits))
+            bound = self.plan.supervisor.shutdown_timeout + EXIT_GRACE  # each worker bounds its own drain
+            await asyncio.wait([every, self._force], timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+            if not every.done() and self._force.done():
+                await asyncio.wait([every], timeout=EXIT_GRACE)  # the workers cut their waits too
+            every.cancel()
+            for process in processes:
+                if not process.exited.done():
+                    LOGGER.error("worker %d (pid %d) did not exit in time: killing it", process.slot, process.pid)
+                    process.signal(signal.SIGKILL)
+            await asyncio.wait(exits, timeout=EXIT_GRACE)
+        for task in self._keepers.values():
+            task.cancel()
+        await asyncio.gather(*self._keepers.values(), return_exceptions=True)
+        for process in processes:
+            fleet.bury(process)
+        for slot in fleet.slots:
+            slot.state = WorkerState.STOPPED
+        fleet.publish()
+        LOGGER.info("shutdown complete in %.3fs", loop.time() - started)
+
+    def adopt_socket(self, name: str, sock: socket.socket) -> None:
+        self.sockets[name] = sock
+        self._files[sock.fileno()] = sockets.identity(sock)
+
+    def close_sockets(self, names: list[str] | None = None) -> None:
+        for name in list(self.sockets) if names is None else names:
+            sock = self.sockets.pop(name)
+            path = sock.getsockname() if sock.family == socket.AF_UNIX else ""
+            sockets.remove_file(path, self._files.pop(sock.fileno(), None))
+            sock.close()
+
+    def retune(self, plan: Plan) -> None:
+        """A reload's supervisor: section, from now on (the death history is kept)."""
+        self._intensity.max_restarts = plan.supervisor.max_restarts
+        self._intensity.window = plan.supervisor.restart_window
+        self.fleet.guard.max_lag = self.fleet.guard.own.max_lag = plan.supervisor.max_loop_lag
+
+    def drop(self, slot: Slot) -> None:
+        """A reload removed ``slot`` (fewer workers): its keeper stops replacing it."""
+        if (task := self._keepers.pop(slot.number, None)) is not None:
+            task.cancel()
+
+
+async def _every(futures: list[asyncio.Future[int]]) -> None:
+    await asyncio.wait(futures)
+
+
+def _done(result: Result) -> asyncio.Future[Result]:
+    future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+    future.set_result(result)
+    return future

@@ -1,0 +1,331 @@
+"""``supervisor.workers: N`` end to end: a real ``supervisor run`` parent with real worker processes on real sockets,
+real signals (SIGKILL to a worker under load, SIGTERM, a second SIGTERM, SIGHUP), a rolling reload that deploys
+new handler code, /metrics summed over the workers, and ``ctl`` acting on every worker."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_util import free_port, write_config
+from tests.proc import SupervisorProcess
+from tests.test_ctl import ctl
+
+pytestmark = pytest.mark.e2e
+
+READY = r"supervisor ready: \d+ server\(s\) serving in (\d+) worker processes"
+VERSIONED = """
+import os
+
+VERSION = "{version}"
+
+
+async def handle(reader, writer):
+    while await reader.readline():
+        writer.write(f"{{VERSION}} {{os.getpid()}}\\n".encode())
+        await writer.drain()
+    writer.close()
+"""
+
+
+def _tree(
+    tmp_path: Path, metrics: int, console: int, *, workers: int = 2, more: str = "", loop: str = "asyncio"
+) -> Path:
+    return write_config(
+        tmp_path,
+        f"""
+        supervisor: {{workers: 2, loop: {loop}, shutdown_timeout: 10s{more}}}
+        metrics: {{port: {metrics}}}
+        console: {{port: {console}}}
+        servers:
+          - {{name: ver, handler: "ver:handle", port: 0}}
+          - {{name: web, handler: "supervisor.handlers.http:make", port: 0}}
+        """,
+    )
+
+
+def _write_handler(tmp_path: Path, version: str) -> None:
+    (tmp_path / "ver.py").write_text(VERSIONED.format(version=version))
+
+
+def _ports(sp: SupervisorProcess) -> dict[str, int]:
+    sp.wait_for(READY)
+    return {
+        m[1]: int(m[3])
+        for line in sp.output.splitlines()
+        if (m := re.search(r"server (\S+) listening on (\S+):(\d+)", line))
+    }
+
+
+def ask(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"x\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(100)
+            if not chunk:
+                raise ConnectionError("closed without an answer")
+            data += chunk
+        return data.decode().strip()
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")}
+
+
+def until(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+
+
+class Load:
+    """Fresh connections, one request each, from a thread, until stopped (bounded: 60 s, 20,000 requests)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.answers: Counter[str] = Counter()  # version -> answers
+        self.pids: set[str] = set()
+        self.refused = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 60
+        for _ in range(20_000):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                return
+            try:
+                version, pid = ask(self.port).split()
+            except ConnectionRefusedError:
+                self.refused += 1
+            except OSError as exc:
+                self.failed.append(repr(exc))
+            else:
+                self.answers[version] += 1
+                self.pids.add(pid)
+
+    @property
+    def total(self) -> int:
+        return sum(self.answers.values())
+
+
+def _worker_pids(sp: SupervisorProcess) -> dict[int, int]:
+    """slot -> pid of the worker ready in it most recently."""
+    found = re.findall(r"worker (\d+) \(pid (\d+)\) ready", sp.output)
+    return {int(slot): int(pid) for slot, pid in found}
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_workers_serve_one_socket_and_metrics_sum_them(tmp_path: Path, loop: str) -> None:
+    _write_handler(tmp_path, "v1")
+    metrics, console = free_port(), free_port()
+    with SupervisorProcess(_tree(tmp_path, metrics, console, loop=loop)) as sp:
+        assert sp.wait_for(READY)[1] == "2"
+        port = _ports(sp)["ver"]
+        pids = {ask(port).split()[1] for _ in range(60)}
+        assert pids <= {str(p) for p in _worker_pids(sp).values()}
+        until(lambda: scrape(metrics).get('supervisor_connections_total{server="ver"}') == 60.0, what="60 summed")
+        m = scrape(metrics)
+        assert m["supervisor_workers"] == 2.0
+        assert m['supervisor_worker_up{worker="1"}'] == m['supervisor_worker_up{worker="2"}'] == 1.0
+        assert m["supervisor_ready"] == 1.0
+        status = ctl("--port", str(console), "status")
+        assert status.returncode == 0, status.stderr
+        assert re.search(r"^w1\s+running\s+\d+", status.stdout, re.M), status.stdout
+        assert re.search(r"^w2\s+running\s+\d+", status.stdout, re.M), status.stdout
+        restarted = ctl("--port", str(console), "restart", "ver")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert "in 2 worker(s)" in restarted.stdout
+        assert len(re.findall(r"\[w\d\]: server ver listening on \S+ \(generation 2\)", sp.output)) == 2
+
+        def tailed() -> bool:  # the workers forward their lines with their next report (within 0.5 s)
+            tail = ctl("--port", str(console), "tail", "ver", "-n", "10")
+            assert tail.returncode == 0, tail.stderr
+            return all(f"[w{n}]: server ver listening on" in tail.stdout and "(generation 2)" in tail.stdout
+                       for n in (1, 2))  # fmt: skip
+
+        until(tailed, what="both workers' lines in `ctl tail ver`")
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+    assert sp.output.count("]: exit 0") == 2  # both workers: [w1], [w2]
+
+
+def test_a_worker_killed_under_load_refuses_no_one_and_is_replaced(tmp_path: Path) -> None:
+    _write_handler(tmp_path, "v1")
+    metrics, console = free_port(), free_port()
+    with SupervisorProcess(_tree(tmp_path, metrics, console)) as sp:
+        port = _ports(sp)["ver"]
+        victim = _worker_pids(sp)[1]
+        with Load(port) as load:
+            until(lambda: load.total > 200, what="load flowing")
+            before = scrape(metrics)['supervisor_connections_total{server="ver"}']
+            os.kill(victim, signal.SIGKILL)
+            sp.wait_for(rf"worker 1 \(pid {victim}\) died: killed by SIGKILL")
+            sp.wait_for(r"worker 1: replacing it in")
+            sp.wait_for(rf"worker 1 \(pid (?!{victim})\d+\) ready")
+            seen = load.total
+            until(lambda: load.total > seen + 200, what="served after the replacement")
+        assert load.refused == 0
+        # a connection the killed worker had accepted and not answered is reset: at most a few, never refused
+        assert len(load.failed) <= 5, load.failed
+        after = scrape(metrics)
+        assert after['supervisor_connections_total{server="ver"}'] >= before  # a dead worker's totals are kept
+        assert after['supervisor_worker_restarts_total{worker="1"}'] == 1.0
+        assert ctl("--port", str(console), "shutdown").returncode == 0
+        assert sp.wait(30) == 0
+
+
+def test_too_many_worker_deaths_shut_down_in_order_and_exit_1(tmp_path: Path) -> None:
+    _write_handler(tmp_path, "v1")
+    config = _tree(tmp_path, free_port(), free_port(), more=", max_restarts: 1, restart_window: 60s")
+    with SupervisorProcess(config) as sp:
+        sp.wait_for(READY)
+        for death in range(2):
+            pid = _worker_pids(sp)[2]
+            os.kill(pid, signal.SIGKILL)
+            sp.wait_for(rf"worker 2 \(pid {pid}\) died")
+            if death == 0:
+                sp.wait_for(rf"worker 2 \(pid (?!{pid})\d+\) ready")
+        assert sp.wait(30) == 1
+    assert "exit 1: worker processes died more than 1 times in 60s" in sp.output
+    assert "shutdown complete" in sp.output
+
+
+def test_a_rolling_reload_deploys_new_code_with_no_request_lost(tmp_path: Path) -> None:
+    _write_handler(tmp_path, "v1")
+    metrics, console = free_port(), free_port()
+    with SupervisorProcess(_tree(tmp_path, metrics, console)) as sp:
+        port = _ports(sp)["ver"]
+        with Load(port) as load:
+            until(lambda: load.total > 100, what="load flowing")
+            _write_handler(tmp_path, "v2")
+            sp.signal(signal.SIGHUP)
+            sp.wait_for(r"reload applied: 2 worker\(s\) replaced one at a time")
+            until(lambda: load.answers["v2"] > 100, what="v2 answers")
+        assert load.refused == 0
+        assert load.failed == []
+        assert ask(port).startswith("v2 ")
+        # each new worker was ready before its predecessor stopped accepting (the workers' own clocks: one system)
+        after = sp.output[sp.output.index("reload (SIGHUP): reading") :]
+        for slot in (1, 2):
+            ready = re.findall(rf"^(\S+ \S+) INFO supervisor \[w{slot}\]: supervisor ready:", after, re.M)
+            stopping = re.findall(rf"^(\S+ \S+) INFO supervisor \[w{slot}\]: shutting down \(SIGTERM\)", after, re.M)
+            assert ready, after
+            assert stopping, after
+            assert ready[0] <= stopping[0], after
+        # new code that does not import: the canary never serves, the old workers go on, ctl exits 2
+        (tmp_path / "ver.py").write_text("def handle(:\n")
+        refused = ctl("--port", str(console), "reload")
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "the old workers serve on" in refused.stderr
+        assert "ver.py" in refused.stderr or "'ver'" in refused.stderr, refused.stderr  # names what does not import
+        assert ask(port).startswith("v2 ")
+        m = scrape(metrics)
+        assert m['supervisor_config_reloads_total{result="success"}'] == 1.0
+        assert m['supervisor_config_reloads_total{result="invalid"}'] == 1.0
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+
+
+def test_sigterm_drains_every_worker_and_a_second_one_cuts_the_wait(tmp_path: Path) -> None:
+    _write_handler(tmp_path, "v1")
+    with SupervisorProcess(_tree(tmp_path, free_port(), free_port())) as sp:
+        port = _ports(sp)["web"]
+        results: list[bytes] = []
+
+        def get(path: str) -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+                    if b"slept" in data:
+                        break
+                results.append(data)
+
+        threads = [threading.Thread(target=get, args=("/sleep?s=1",)) for _ in range(10)]
+        for t in threads:
+            t.start()
+        until(lambda: _active(sp) >= 10, what="10 in flight")
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+        for t in threads:
+            t.join(10)
+        assert len(results) == 10
+        assert all(b"200" in r.split(b"\r\n")[0] for r in results), results
+
+    with SupervisorProcess(_tree(tmp_path, free_port(), free_port())) as sp:
+        port = _ports(sp)["web"]
+        slow = [threading.Thread(target=_slow_get, args=(port,), daemon=True) for _ in range(4)]
+        for t in slow:
+            t.start()
+        until(lambda: _active(sp) >= 4, what="4 in flight")
+        sp.signal(signal.SIGTERM)
+        sp.wait_for(r"shutdown \(SIGTERM\): stopping 2 worker")
+        started = time.monotonic()
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+        assert time.monotonic() - started < 5.0  # not the 10 s shutdown_timeout nor the 30 s request
+
+
+def _slow_get(port: int) -> None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            s.sendall(b"GET /sleep?s=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.recv(4096)
+    except OSError:
+        pass
+
+
+def _active(sp: SupervisorProcess) -> int:
+    port = int(re.search(r"metrics listening on http://127.0.0.1:(\d+)", sp.output)[1])  # type: ignore[index]
+    return int(scrape(port).get('supervisor_connections_active{server="web"}', 0))
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    _write_handler(tmp_path, "v1")
+    with SupervisorProcess(_tree(tmp_path, free_port(), free_port())) as sp:
+        sp.wait_for(READY)
+        pids = list(_worker_pids(sp).values())
+        sp.signal(signal.SIGKILL)
+        sp.wait(10)
+
+        def gone() -> bool:
+            for pid in pids:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    continue
+                except OSError as exc:
+                    if exc.errno != errno.ESRCH:
+                        raise
+                with open(f"/proc/{pid}/stat") as f:  # a zombie (not reaped: its parent is gone) has exited
+                    if f.read().split(")")[-1].split()[0] != "Z":
+                        return False
+            return True
+
+        until(gone, timeout=15, what=f"workers {pids} exited")
