@@ -19,7 +19,7 @@ from typing import Any
 
 from supervisor import wire
 from supervisor.address import Address
-from supervisor.commands import Command, Result
+from supervisor.commands import Command, Result, combine
 from supervisor.loopguard import LoopGuard
 from supervisor.plan import Plan
 from supervisor.state import (
@@ -94,6 +94,19 @@ class Fleet:
         return asyncio.run_coroutine_threadsafe(self._handle(command, name), self._loop)
 
     # -- for the parent's coordinator --------------------------------------------------------------------------------
+
+    async def fan_out(self, command: Command, name: str) -> Result:
+        """Run a server command (restart, stop, start NAME) in every serving worker, one after the other: the server
+        never stops in every worker at once."""
+        serving = [
+            (s.number, s.process) for s in self.slots if s.process is not None and s.state is WorkerState.RUNNING
+        ]
+        if not serving:
+            return Result(False, "no worker is running (see status)")
+        steps = [await process.command(command, name) for _, process in serving]
+        if all(r.ok for r in steps) and len({r.text for r in steps}) == 1:
+            return Result(True, f"{steps[0].text} in {len(steps)} worker(s)")
+        return combine([Result(r.ok, f"worker {n}: {r.text}") for (n, _), r in zip(serving, steps, strict=True)])
 
     def processes(self) -> list[WorkerProcess]:
         """Every live worker process: the slots' and the retiring ones'."""

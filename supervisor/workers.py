@@ -11,28 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 import socket
 
 from supervisor import sockets
-from supervisor.commands import Command, Result, combine
+from supervisor.commands import Command, Result
 from supervisor.config import read_config
 from supervisor.errors import GaveUp, SupervisorError
 from supervisor.fleet import Fleet, Slot
 from supervisor.plan import Plan
-from supervisor.restart import Backoff, Intensity
+from supervisor.restart import Intensity
 from supervisor.signals import handle_signals
-from supervisor.spec import BackoffSpec
 from supervisor.state import WorkerState
 from supervisor.status import status_table
 from supervisor.tree import View
+from supervisor.worker_keeper import keep
 from supervisor.worker_process import ConfigText, WorkerProcess
 
 LOGGER = logging.getLogger("supervisor")
 
 EXIT_GRACE = 2.0  # beyond a worker's own shutdown bound: its interpreter's exit, before it is killed
-WORKER_BACKOFF = BackoffSpec()  # between deaths of one slot's workers: 0.1 s doubling up to 5 s, with jitter
 
 
 async def run_parent(plan: Plan, views: tuple[View, ...], _settings: tuple[str, str] = ("INFO", "text")) -> None:
@@ -80,6 +78,10 @@ class Parent:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def stopped(self) -> bool:
+        """The same as ``stopping``, for a caller whose loop test mypy would take as narrowing the property."""
+        return self._stop.is_set()
+
     def request_stop(self, reason: str) -> None:
         if self._stop.is_set():
             if not self._force.done():
@@ -100,14 +102,7 @@ class Parent:
             return await self.reload("control")
         if self.stopping:
             return Result(False, "the supervisor is shutting down")
-        serving = [s for s in self.fleet.slots if s.process is not None and s.state is WorkerState.RUNNING]
-        if not serving:
-            return Result(False, "no worker is running (see status)")
-        # one worker after the other: the server never stops in every worker at once
-        steps = [await s.process.command(command, name or "") for s in serving if s.process is not None]
-        if all(r.ok for r in steps) and len({r.text for r in steps}) == 1:
-            return Result(True, f"{steps[0].text} in {len(steps)} worker(s)")
-        return combine([Result(r.ok, f"worker {s.number}: {r.text}") for s, r in zip(serving, steps, strict=True)])
+        return await self.fleet.fan_out(command, name or "")
 
     def reload(self, trigger: str) -> asyncio.Future[Result]:
         from supervisor.worker_reload import roll
@@ -145,7 +140,7 @@ class Parent:
             raise GaveUp(self._gave_up)
 
     def keep(self, slot: Slot) -> None:
-        self._keepers[slot.number] = asyncio.create_task(self._keep(slot), name=f"worker-{slot.number}")
+        self._keepers[slot.number] = asyncio.create_task(keep(self, slot), name=f"worker-{slot.number}")
 
     async def spawn(self, slot_number: int, config: ConfigText, plan: Plan) -> WorkerProcess:
         process = WorkerProcess(slot_number, config, self.fleet.publish)
@@ -157,65 +152,14 @@ class Parent:
             raise
         return process
 
-    async def _keep(self, slot: Slot) -> None:
-        """Keep a worker serving in ``slot``: start one, and replace it (with backoff) each time it dies."""
-        backoff = Backoff(WORKER_BACKOFF, random.random)
-        loop = asyncio.get_running_loop()
-        while not self.stopping:
-            try:
-                if slot.process is None or slot.process.exited.done():  # else a reload started one meanwhile
-                    slot.state, slot.started_at = WorkerState.STARTING, None
-                    slot.process = await self.spawn(slot.number, self.config, self.plan)
-            except OSError as exc:  # fork failed (out of memory, process limit)
-                slot.last_exit = f"could not start: {exc}"
-            else:
-                self.fleet.publish()
-                await self._serve(slot)
-                if self._stop.is_set():  # (not the property: mypy would take it as narrowed by the loop's test)
-                    return
-            uptime = loop.time() - slot.started_at if slot.started_at is not None else 0.0
-            LOGGER.warning("worker %d %s", slot.number, slot.last_exit)
-            if not self._intensity.record():
-                why = f"worker processes died more than {self.plan.supervisor.max_restarts} times in "
-                self.give_up(why + f"{self.plan.supervisor.restart_window:g}s (last: worker {slot.number}, "
-                             f"{slot.last_exit})")  # fmt: skip
-                return
-            delay = backoff.next_delay(uptime)
-            LOGGER.info("worker %d: replacing it in %.2fs", slot.number, delay)
-            slot.state = WorkerState.BACKOFF
-            self.fleet.publish()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-            slot.restarts += 1
+    async def wait_stop(self, timeout: float) -> None:
+        """Return after ``timeout`` seconds, or at once when the shutdown begins."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout)
 
-    async def _serve(self, slot: Slot) -> None:
-        """Wait for ``slot``'s worker to be ready, then for its end; a reload may swap the process meanwhile."""
-        fleet = self.fleet
-        while (process := slot.process) is not None:
-            if not process.ready.done():
-                await process.settled()
-                if process.ready.done() and not process.ready.exception() and slot.process is process:
-                    slot.state, slot.started_at = WorkerState.RUNNING, asyncio.get_running_loop().time()
-                    LOGGER.info("worker %d (pid %d) ready", slot.number, process.pid)
-                    self._maybe_ready()
-                    fleet.publish()
-            code = await asyncio.shield(process.exited)
-            fleet.bury(process)
-            if slot.process is not process:  # a reload replaced it: watch its successor
-                continue
-            slot.last_exit = f"(pid {process.pid}) {'stopped' if self.stopping else 'died'}: "
-            slot.last_exit += process.exit_reason(code)
-            for problem in process.problems:
-                LOGGER.error("worker %d: %s", slot.number, problem)
-            return
-
-    def _maybe_ready(self) -> None:
-        fleet = self.fleet
-        if not fleet.ready.done() and all(s.state is WorkerState.RUNNING for s in fleet.slots):
-            addresses = list(fleet.addresses.values())
-            LOGGER.info("supervisor ready: %d server(s) serving in %d worker processes", len(addresses),
-                        len(fleet.slots))  # fmt: skip
-            fleet.ready.set_result(addresses)
+    def record_death(self) -> bool:
+        """Count one worker death; False once there were more than max_restarts within restart_window."""
+        return self._intensity.record()
 
     def give_up(self, why: str) -> None:
         self._gave_up = self._gave_up or why

@@ -1,0 +1,83 @@
+"""Keeping one worker slot serving (``supervisor.workers: N``): start its worker, mark it running once ready,
+and replace it with backoff each time it dies -- until too many deaths make the parent give up. A rolling reload
+may put a new process in the slot meanwhile: the keeper then watches that one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from supervisor.fleet import Fleet, Slot
+from supervisor.restart import Backoff
+from supervisor.spec import BackoffSpec
+from supervisor.state import WorkerState
+
+if TYPE_CHECKING:
+    from supervisor.workers import Parent
+
+LOGGER = logging.getLogger("supervisor")
+
+WORKER_BACKOFF = BackoffSpec()  # between deaths of one slot's workers: 0.1 s doubling up to 5 s, with jitter
+
+
+async def keep(parent: Parent, slot: Slot) -> None:
+    """Keep a worker serving in ``slot``: start one, and replace it (with backoff) each time it dies."""
+    backoff = Backoff(WORKER_BACKOFF, random.random)
+    loop = asyncio.get_running_loop()
+    while not parent.stopping:
+        try:
+            if slot.process is None or slot.process.exited.done():  # else a reload started one meanwhile
+                slot.state, slot.started_at = WorkerState.STARTING, None
+                slot.process = await parent.spawn(slot.number, parent.config, parent.plan)
+        except OSError as exc:  # fork failed (out of memory, process limit)
+            slot.last_exit = f"could not start: {exc}"
+        else:
+            parent.fleet.publish()
+            await _serve(parent, slot)
+            if parent.stopped():
+                return
+        uptime = loop.time() - slot.started_at if slot.started_at is not None else 0.0
+        LOGGER.warning("worker %d %s", slot.number, slot.last_exit)
+        if not parent.record_death():
+            why = f"worker processes died more than {parent.plan.supervisor.max_restarts} times in "
+            parent.give_up(why + f"{parent.plan.supervisor.restart_window:g}s (last: worker {slot.number}, "
+                         f"{slot.last_exit})")  # fmt: skip
+            return
+        delay = backoff.next_delay(uptime)
+        LOGGER.info("worker %d: replacing it in %.2fs", slot.number, delay)
+        slot.state = WorkerState.BACKOFF
+        parent.fleet.publish()
+        await parent.wait_stop(delay)
+        slot.restarts += 1
+
+
+async def _serve(parent: Parent, slot: Slot) -> None:
+    """Wait for ``slot``'s worker to be ready, then for its end; a reload may swap the process meanwhile."""
+    fleet = parent.fleet
+    while (process := slot.process) is not None:
+        if not process.ready.done():
+            await process.settled()
+            if process.ready.done() and not process.ready.exception() and slot.process is process:
+                slot.state, slot.started_at = WorkerState.RUNNING, asyncio.get_running_loop().time()
+                LOGGER.info("worker %d (pid %d) ready", slot.number, process.pid)
+                _maybe_ready(fleet)
+                fleet.publish()
+        code = await asyncio.shield(process.exited)
+        fleet.bury(process)
+        if slot.process is not process:  # a reload replaced it: watch its successor
+            continue
+        slot.last_exit = f"(pid {process.pid}) {'stopped' if parent.stopping else 'died'}: "
+        slot.last_exit += process.exit_reason(code)
+        for problem in process.problems:
+            LOGGER.error("worker %d: %s", slot.number, problem)
+        return
+
+
+def _maybe_ready(fleet: Fleet) -> None:
+    if not fleet.ready.done() and all(s.state is WorkerState.RUNNING for s in fleet.slots):
+        addresses = list(fleet.addresses.values())
+        LOGGER.info("supervisor ready: %d server(s) serving in %d worker processes", len(addresses),
+                    len(fleet.slots))  # fmt: skip
+        fleet.ready.set_result(addresses)
