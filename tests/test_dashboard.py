@@ -163,6 +163,7 @@ def supervised(tmp_path: Path) -> Iterator[tuple[SupervisorProcess, int, dict[st
     config = write_config(
         tmp_path,
         """
+        supervisor: {workers: 2}  # the worker panels need worker series; every other series is there as well
         metrics: {port: 0}
         console: {enabled: false}
         servers:
@@ -172,6 +173,7 @@ def supervised(tmp_path: Path) -> Iterator[tuple[SupervisorProcess, int, dict[st
     )
     with SupervisorProcess(config) as sp:
         metrics_port = int(sp.wait_for(METRICS_LINE)[1])
+        sp.wait_for(r"supervisor ready: .* in 2 worker processes")
         ports = sp.ready()
         for name, request in (("echo", b"hi\n"), ("web", b"GET / HTTP/1.0\r\n\r\n")):
             with socket.create_connection(("127.0.0.1", ports[name]), timeout=10) as s:
