@@ -87,6 +87,7 @@ class Plan:
         lines.append(
             f"strategy {s.strategy}, at most {s.max_restarts} restarts in {s.restart_window:g}s, "
             f"shutdown within {s.shutdown_timeout:g}s, loop {s.loop}"
+            + (f", {s.workers} worker processes on the parent's sockets" if s.workers > 1 else "")
         )
         m, c = self.metrics, self.console
         lines.append(f"metrics {f'http://{m.host}:{m.port}/metrics' if m.enabled else 'off'}")

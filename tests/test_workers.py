@@ -329,3 +329,33 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
             return True
 
         until(gone, timeout=15, what=f"workers {pids} exited")
+
+
+def test_sd_notify_comes_from_the_parent_only(tmp_path: Path) -> None:
+    """Every datagram systemd would get is sent by the parent (SO_PASSCRED gives each sender's pid)."""
+    _write_handler(tmp_path, "v1")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    notify.settimeout(15)
+    received: list[tuple[int, str]] = []
+
+    def next_message() -> str:
+        data, ancillary, _, _ = notify.recvmsg(4096, socket.CMSG_SPACE(12))
+        pid = next(int.from_bytes(d[:4], "little") for level, kind, d in ancillary if kind == socket.SCM_CREDENTIALS)
+        received.append((pid, data.decode()))
+        return data.decode()
+
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+    with SupervisorProcess(_tree(tmp_path, free_port(), free_port()), env=env) as sp:
+        assert next_message().startswith("READY=1")
+        sp.wait_for(READY)
+        sp.signal(signal.SIGHUP)
+        assert next_message().startswith("RELOADING=1")
+        assert next_message().startswith("READY=1")
+        sp.signal(signal.SIGTERM)
+        assert next_message().startswith("STOPPING=1")
+        assert sp.wait(30) == 0
+        parent = sp.proc.pid if sp.proc else 0
+    notify.close()
+    assert {pid for pid, _ in received} == {parent}, received
