@@ -7,18 +7,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 from typing import TYPE_CHECKING
 
 from supervisor.fleet import Fleet, Slot
 from supervisor.restart import Backoff
 from supervisor.spec import BackoffSpec
 from supervisor.state import WorkerState
+from supervisor.worker_process import WorkerProcess
 
 if TYPE_CHECKING:
     from supervisor.workers import Parent
 
 LOGGER = logging.getLogger("supervisor")
 
+HANG_FLOOR = 5.0  # seconds: a worker is never taken for hung sooner
+HANG_CHECK = 1.0  # how often a ready worker's silence is checked
 WORKER_BACKOFF = BackoffSpec()  # between deaths of one slot's workers: 0.1 s doubling up to 5 s, with jitter
 
 
@@ -64,7 +68,7 @@ async def _serve(parent: Parent, slot: Slot) -> None:
                 LOGGER.info("worker %d (pid %d) ready", slot.number, process.pid)
                 _maybe_ready(fleet)
                 fleet.publish()
-        code = await asyncio.shield(process.exited)
+        code = await _exit_of(process, hang_after(parent.plan.supervisor.max_loop_lag))
         fleet.bury(process)
         if slot.process is not process:  # a reload replaced it: watch its successor
             continue
@@ -73,6 +77,28 @@ async def _serve(parent: Parent, slot: Slot) -> None:
         for problem in process.problems:
             LOGGER.error("worker %d: %s", slot.number, problem)
         return
+
+
+def hang_after(max_loop_lag: float) -> float:
+    """A worker silent this long has its event loop blocked (it reports every 0.5 s): it is killed and replaced."""
+    return max(HANG_FLOOR, 2 * max_loop_lag)
+
+
+async def _exit_of(process: WorkerProcess, hang: float) -> int:
+    """Wait for the end of a ready worker; kill it once it has been silent for ``hang`` seconds (gunicorn's worker
+    timeout: a handler blocking its loop for good would otherwise hold the connections it accepted for ever)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(process.exited), HANG_CHECK)
+        except TimeoutError:
+            silent = loop.time() - process.reported_at
+            if silent > hang:
+                LOGGER.error(
+                    "worker %d (pid %d) sent nothing for %.1fs: its event loop is blocked; killing it",
+                    process.slot, process.pid, silent,
+                )  # fmt: skip
+                process.signal(signal.SIGKILL)
 
 
 def _maybe_ready(fleet: Fleet) -> None:

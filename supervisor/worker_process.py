@@ -46,6 +46,7 @@ class WorkerProcess:
         self.lag = 0.0
         self.blocked = False
         self.problems: list[str] = []  # its config did not load (then it exits 2)
+        self.reported_at = 0.0  # loop time of its last state message (one every wire.STATE_INTERVAL at least)
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()  # its tree serves: resolved once
         self.exited: asyncio.Future[int] = loop.create_future()  # its exit status (negative: killed by a signal)
@@ -103,6 +104,7 @@ class WorkerProcess:
                 self.problems = list(message["problems"])
 
     def _state(self, message: dict[str, Any]) -> None:
+        self.reported_at = asyncio.get_running_loop().time()
         self.children = tuple(wire.child_from_wire(c) for c in message["children"])
         self.stats = {name: wire.stats_from_wire(s) for name, s in message["stats"].items()}
         self.lag, self.blocked = float(message["lag"]), bool(message["blocked"])

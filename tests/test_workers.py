@@ -27,12 +27,15 @@ pytestmark = pytest.mark.e2e
 READY = r"supervisor ready: \d+ server\(s\) serving in (\d+) worker processes"
 VERSIONED = """
 import os
+import time
 
 VERSION = "{version}"
 
 
 async def handle(reader, writer):
-    while await reader.readline():
+    while line := await reader.readline():
+        if line == b"block\\n":
+            time.sleep(60)  # a handler that blocks its worker's event loop
         writer.write(f"{{VERSION}} {{os.getpid()}}\\n".encode())
         await writer.drain()
     writer.close()
@@ -359,3 +362,21 @@ def test_sd_notify_comes_from_the_parent_only(tmp_path: Path) -> None:
         parent = sp.proc.pid if sp.proc else 0
     notify.close()
     assert {pid for pid, _ in received} == {parent}, received
+
+
+def test_a_worker_whose_loop_is_blocked_is_killed_and_replaced(tmp_path: Path) -> None:
+    _write_handler(tmp_path, "v1")
+    with SupervisorProcess(_tree(tmp_path, free_port(), free_port(), more=", max_loop_lag: 1s")) as sp:
+        port = _ports(sp)["ver"]
+        before = _worker_pids(sp)
+        blocker = socket.create_connection(("127.0.0.1", port), timeout=30)
+        blocker.sendall(b"block\n")
+        m = sp.wait_for(r"worker (\d) \(pid (\d+)\) sent nothing for [\d.]+s: its event loop is blocked; killing it")
+        slot, pid = int(m[1]), int(m[2])
+        assert before[slot] == pid
+        sp.wait_for(rf"worker {slot} \(pid {pid}\) died: killed by SIGKILL")
+        sp.wait_for(rf"worker {slot} \(pid (?!{pid})\d+\) ready")
+        assert ask(port).startswith("v1 ")
+        blocker.close()
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
