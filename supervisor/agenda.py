@@ -51,7 +51,6 @@ class Agenda:
             self._queued[child] = due
             heapq.heappush(self._wakes, (due, next(self._seq), child))
 
-    @property
     def next_wake(self) -> float | None:
         return self._wakes[0][0] if self._wakes else None
 

@@ -70,7 +70,7 @@ class Starter:
             if reload is not None:
                 self.agenda.everything()  # a reload changes plans and `after`: look at the whole tree, as it goes
             due = [c for c in self.agenda.take(tree.now()) if self._due(c, reload)]
-            if (wake := self.agenda.next_wake) is not None:
+            if (wake := self.agenda.next_wake()) is not None:
                 # A timer may fire a hair early by loop.time() (uvloop rounds to milliseconds):
                 # always leave a wake-up behind for a server that is not due yet.
                 self._wake_in(wake - tree.now())
