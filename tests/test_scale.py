@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from supervisor.agenda import Agenda
 from supervisor.child import Child
 from supervisor.restart import Backoff
 from supervisor.snapshots import Snapshots
 from supervisor.state import ChildState, ChildStatus, TreeSnapshot
 from tests import apps
+from tests.bench import bench_scale
 from tests.helpers import ask, assert_not_served, plan_from, port_of, running, wait_state
 
 N = 300
@@ -124,3 +127,14 @@ async def test_the_agenda_names_what_changed_and_its_dependents(tmp_path: Path) 
     assert not agenda.all_serving()
     kids[4].wanted = False  # stopped on purpose: it does not hold up readiness
     assert agenda.all_serving()
+
+
+@pytest.mark.e2e
+def test_bench_scale_smoke(tmp_path: Path) -> None:
+    """The benchmark's two measures, small: they run and measure what they claim (figures: the benchmark's)."""
+    row = bench_scale.servers_round(tmp_path, 20)
+    assert 0 < row["ready"] <= row["answered"]
+    assert row["restart"] > 0
+    assert row["rss"] > 0
+    conns = bench_scale.connections_round(tmp_path, 200)
+    assert conns["active"] == conns["expected"] == 200
