@@ -22,8 +22,8 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from supervisor.state import ServerStats
 from supervisor.throttle import Fold, Throttle, folded
@@ -119,6 +119,41 @@ class LoopGuard:
                     "event loop blocked for %.2fs: a handler or lifespan ran blocking code on the loop%s",
                     lag, folded(more),
                 )  # fmt: skip
+
+
+class Listening(Protocol):
+    @property
+    def fileno(self) -> int: ...
+
+
+class Server(Protocol):
+    """What :class:`ServerFinder` reads of a configured server (child.Child)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stats(self) -> ServerStats: ...
+
+    @property
+    def listener(self) -> Listening | None: ...
+
+
+class ServerFinder:
+    """The server listening on a file descriptor, for accept errors: a dict, rebuilt when it does not know the fd
+    or knows it wrong (a restart keeps the socket; a reload may move a server to a new one). A scan per lookup
+    was O(servers) per failed accept, and asyncio reports one failure per backlog slot."""
+
+    def __init__(self, servers: Sequence[Server]) -> None:
+        self._servers = servers
+        self._by_fd: dict[int, Server] = {}
+
+    def server_at(self, fd: int) -> tuple[str, ServerStats] | None:
+        found = self._by_fd.get(fd)
+        if found is None or found.listener is None or found.listener.fileno != fd:
+            self._by_fd = {s.listener.fileno: s for s in self._servers if s.listener is not None}
+            found = self._by_fd.get(fd)
+        return (found.name, found.stats) if found is not None else None
 
 
 def _stale_accept_retry(context: dict[str, Any]) -> bool:

@@ -1,5 +1,6 @@
 """The coordinator: the one writer of the running tree. Its loop reacts to events (generations that end or become
-ready, backoff timers, control requests, reloads), and it publishes an immutable snapshot after every change.
+ready, backoff timers, control requests, reloads), and it publishes an immutable snapshot of every change
+(snapshots.py: coalesced per loop iteration); agenda.py says which servers an event touched.
 
 ``serve()``: startup and wait (starter.py starts what is due, in dependency order), then the ordered shutdown
 (shutdown.py). How a generation's end is handled is outcomes.py; a control command, control.apply(); a reload,
@@ -23,15 +24,16 @@ from supervisor.child import Child
 from supervisor.commands import Command, Result
 from supervisor.errors import GaveUp
 from supervisor.listener import Listener
-from supervisor.loopguard import LoopGuard
+from supervisor.loopguard import LoopGuard, ServerFinder
 from supervisor.outcomes import Outcomes
 from supervisor.plan import Plan, ServerPlan
 from supervisor.reload import Reload
 from supervisor.restart import Backoff, Intensity
 from supervisor.shutdown import OrderedShutdown
+from supervisor.snapshots import Snapshots
 from supervisor.spec import SupervisorSpec
 from supervisor.starter import Starter
-from supervisor.state import ChildState, ConfigStatus, Publisher, ServerStats, TreeSnapshot
+from supervisor.state import ChildState, ChildStatus, ConfigStatus, ServerStats, TreeSnapshot
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -49,7 +51,6 @@ class Supervisor:
         self._clock = clock
         self._config = ConfigStatus(plan.source, plan.digest, time.time(), last_success_at=time.time())
         self._reload: Reload | None = None  # the one reload under way
-        self._published = Publisher(TreeSnapshot(tuple(c.status() for c in self.children)))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: asyncio.Queue[events.Event] = asyncio.Queue()
         self._stop = asyncio.Event()
@@ -64,17 +65,19 @@ class Supervisor:
         self.stop_reason = ""
         # The readiness handshake: resolves with every bound address once all servers serve.
         self.ready: asyncio.Future[list[Address]] = loop.create_future()
-        self.guard = LoopGuard(self._server_at, plan.supervisor.max_loop_lag)
+        self._snapshots = Snapshots(self.children, self._snapshot_of)
+        self.guard = LoopGuard(ServerFinder(self.children).server_at, plan.supervisor.max_loop_lag)
 
     # -- the read-only interface views use (tree.TreeView) ---------------------------------------------------------
 
     def snapshot(self) -> TreeSnapshot:
-        """Thread-safe: the last published immutable snapshot."""
-        return self._published.snapshot()
+        """Thread-safe: an immutable snapshot (on the loop, of every change so far; elsewhere, the last published)."""
+        return self._snapshots.current()
 
     async def changed(self) -> TreeSnapshot:
         """Wait for the next published change and return the new snapshot (for views and tests)."""
-        return await self._published.changed()
+        await self._snapshots.publisher.changed()
+        return self._snapshots.current()
 
     def counters(self) -> Mapping[str, ServerStats]:
         """Each server's live counters (plain ints bumped per connection): read them, never write them."""
@@ -170,7 +173,8 @@ class Supervisor:
         self._retired.extend(c for c in retired if c.live)
         for child in retired:
             del self._by_name[child.name]
-        self._publish()
+        self._starter.agenda.everything()
+        self._snapshots.publish_now()
 
     def retune(self, spec: SupervisorSpec) -> None:
         """A reload's supervisor: section, from now on (the restart history is kept)."""
@@ -179,15 +183,20 @@ class Supervisor:
 
     def begin(self, under_way: Reload) -> None:
         self._reload, self._config = under_way, dataclasses.replace(self._config, reloading=True)
-        self._publish()
+        self._snapshots.publish_now()
 
     def reloaded(self, status: ConfigStatus) -> None:
         self._reload, self._config = None, status
-        self._publish()
+        self._starter.agenda.everything()  # the servers it changed may have a new `after`
+        self._snapshots.publish_now()
 
     def set_state(self, child: Child, state: ChildState) -> None:
         child.state = state
-        self._publish()
+        self._touch(child)
+
+    def _touch(self, child: Child) -> None:  # the starter looks at it next; the snapshot shows it (coalesced)
+        self._starter.agenda.touch(child)
+        self._snapshots.touch(child)
 
     # -- serve: startup -> wait -> shutdown ----------------------------------------------------------------------
 
@@ -202,7 +211,7 @@ class Supervisor:
                     self._shutting_down = True
                     if self._reload is not None:
                         self._reload.interrupt()
-                    self._publish()  # views see the shutdown at once, whatever state the servers are in
+                    self._snapshots.publish_now()  # views see the shutdown at once, whatever state the servers are in
                     everyone = [*self.children, *self._retired]  # the retired drain first (reverse order)
                     shutdown = OrderedShutdown(
                         everyone, self.plan.supervisor, self._force, self.release, self.set_state
@@ -223,13 +232,15 @@ class Supervisor:
             await self._starter.reconcile()
             if self._reload is not None and self._reload.applied:
                 self._reload.progress()  # settles what the reconcile started for it; finishes it once none is left
-            if not self.ready.done() and all(c.state is ChildState.RUNNING for c in self.children if c.wanted):
+            if not self.ready.done() and self._starter.agenda.all_serving():
                 addresses = [c.listener.address for c in self.children if c.listener and c.wanted]
                 LOGGER.info("supervisor ready: %d server(s) serving", len(addresses))
                 self.ready.set_result(addresses)
-                self._publish()
+                self._snapshots.publish_now()
             event = await self._events.get()
             under_way = self._reload
+            if isinstance(event, events.Ended | events.Ready | events.Control):
+                self._touch(event.child)  # whatever it changed of the child, seen without a state change too
             if isinstance(event, events.Ended):
                 if event.gen is not None and event.gen is event.child.next and under_way is not None:
                     under_way.rollover.failed_to_start(event.child, event.gen, event.reason)
@@ -247,19 +258,6 @@ class Supervisor:
             elif isinstance(event, events.Reload):
                 event.reload.apply()
 
-    def _publish(self) -> None:
-        self._published.publish(
-            TreeSnapshot(
-                children=tuple(c.status() for c in self.children),
-                started=self.ready.done() and not self.ready.cancelled(),
-                shutting_down=self._shutting_down,
-                config=self._config,
-            )
-        )
-
-    def _server_at(self, fd: int) -> tuple[str, ServerStats] | None:
-        """The server listening on ``fd`` (for the loop guard's accept errors)."""
-        for c in self.children:
-            if c.listener is not None and c.listener.fileno == fd:
-                return c.name, c.stats
-        return None
+    def _snapshot_of(self, children: tuple[ChildStatus, ...]) -> TreeSnapshot:
+        started = self.ready.done() and not self.ready.cancelled()
+        return TreeSnapshot(children, started, self._shutting_down, self._config)
