@@ -39,7 +39,7 @@ async def serve(gen: Generation, reader: Reader, writer: asyncio.StreamWriter) -
     if plan.idle_timeout:
         reader.arm_idle_timeout(plan.idle_timeout)
     if plan.max_write_buffer:
-        bound_writer(writer, reader, plan.max_write_buffer)
+        bound_writer(writer, plan.max_write_buffer)
     conns = gen.conns
     conns.add(task, reader, writer)
     stats = gen.stats
