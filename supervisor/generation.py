@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from supervisor import session
 from supervisor.address import Address
@@ -46,7 +48,7 @@ class Generation:
         force: asyncio.Future[None],
         on_end: Callable[[Generation, Reason], None],
     ) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.plan = plan
         self.number = number
         self.ctx = ServerContext(plan.name, number, plan.options)
@@ -57,8 +59,12 @@ class Generation:
         self.conns = Connections(plan.name, number, stats)
         self.listener = listener
         self.handler: Handler | None = None  # set once the lifespan entered
-        # the per-connection path (session.py): one partial per generation, one coroutine per connection
-        self.serve: Callable[[Reader, asyncio.StreamWriter], Awaitable[None]] = functools.partial(session.serve, self)
+        # the per-connection path (session.py): partials made once per generation, nothing per connection
+        self.accept: Callable[[Reader, asyncio.StreamWriter], None] = functools.partial(session.accept, self)
+        self.finished: Callable[[asyncio.Task[Any]], None] = functools.partial(session.finished, self)
+        self.context = contextvars.copy_context()  # made again in run(), where current_server() is this one
+        # a plain attribute, not ctx.draining.is_set(): every read that waits looks at it (streams.Reader)
+        self.draining = False
         self._force = force
         self._on_end = on_end
         self._stop: asyncio.Future[Reason] = loop.create_future()
@@ -71,10 +77,6 @@ class Generation:
     @property
     def name(self) -> str:
         return f"{self.plan.name}#{self.number}"
-
-    @property
-    def draining(self) -> bool:
-        return self.ctx.draining.is_set()
 
     @property
     def stopped(self) -> bool:
@@ -107,8 +109,13 @@ class Generation:
 
     # -- the task --------------------------------------------------------------------------------------------------
 
+    def _set_draining(self) -> None:
+        self.draining = True
+        self.ctx.draining.set()
+
     async def run(self) -> None:
         set_current(self.ctx)
+        self.context = contextvars.copy_context()  # what each connection's task runs in (a copy of it)
         lifespan = open_handler(self.plan.target, self.plan.direct, self.plan.options)
         try:
             handler = await self._enter(lifespan)
@@ -143,7 +150,7 @@ class Generation:
             if not self.ready.done():
                 self.ready.cancel()  # stopped in the instant its lifespan finished entering
             self.listener.detach(self)
-            self.ctx.draining.set()
+            self._set_draining()
             self.conns.cancel_all()
 
     async def _enter(self, lifespan: AbstractAsyncContextManager[Handler]) -> Handler | None:
@@ -175,7 +182,7 @@ class Generation:
         loop = asyncio.get_running_loop()
         budget = await self._drain_budget
         self._exit_by = loop.time() + budget
-        self.ctx.draining.set()  # draining starts now, not at the stop: at shutdown each server waits its turn
+        self._set_draining()  # draining starts now, not at the stop: at shutdown each server waits its turn
         await self.conns.drain(budget, self._force, spare_fresh=self.spare_fresh)
 
     async def _exit(self, lifespan: AbstractAsyncContextManager[Handler], exc: BaseException | None) -> bool:

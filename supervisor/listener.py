@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from asyncio.selector_events import BaseSelectorEventLoop
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Protocol
 
 from supervisor import sockets
@@ -33,7 +33,7 @@ class Generation(Protocol):
     def plan(self) -> ServerPlan: ...
 
     @property
-    def serve(self) -> Callable[[Reader, asyncio.StreamWriter], Awaitable[None]]: ...
+    def accept(self) -> Callable[[Reader, asyncio.StreamWriter], None]: ...
 
 
 class Listener:
@@ -51,6 +51,7 @@ class Listener:
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # the socket is closed
         self._limit = plan.max_connections or 1 << 62
         self.throttle = Throttle()  # this server's log lines that clients can trigger at will
+        self._parked: set[asyncio.Task[None]] = set()  # connections waiting for the next generation
 
     @classmethod
     def bind(cls, plan: ServerPlan, stats: ServerStats) -> Listener:
@@ -145,11 +146,18 @@ class Listener:
         return False
 
     def _make_protocol(self) -> asyncio.StreamReaderProtocol:
-        # Bind the connection to the generation accepting now: one coroutine per connection, not two.
+        # Bind the connection to the generation accepting now. Its accept() is a plain function: the protocol
+        # calls it when the connection is made, and it starts the handler's task itself (session.py).
         gen = self.current
-        serve = gen.serve if gen is not None else self.dispatch
+        accept = gen.accept if gen is not None else self.park
         reader = Reader(self.plan.read_limit, self._loop)
-        return asyncio.StreamReaderProtocol(reader, serve, loop=self._loop)  # type: ignore[arg-type]
+        return asyncio.StreamReaderProtocol(reader, accept, loop=self._loop)  # type: ignore[arg-type]
+
+    def park(self, reader: Reader, writer: asyncio.StreamWriter) -> None:
+        """A connection accepted while no generation takes them (a restart): wait for the next, in a task."""
+        task = self._loop.create_task(self.dispatch(reader, writer))
+        self._parked.add(task)
+        task.add_done_callback(self._parked.discard)
 
     async def dispatch(self, reader: Reader, writer: asyncio.StreamWriter) -> None:
         """Serve a connection with the generation accepting now, or park it until the next one attaches."""
@@ -172,4 +180,4 @@ class Listener:
             if gen is None:
                 writer.transport.abort()
                 return
-        await gen.serve(reader, writer)
+        gen.accept(reader, writer)
