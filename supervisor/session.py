@@ -48,7 +48,7 @@ def accept(gen: Generation, reader: Reader, writer: asyncio.StreamWriter) -> Non
         writer.transport.close()
         return
     # the generation's context (current_server()), copied: a handler's own context variables stay its own
-    task: asyncio.Task[None] = loop.create_task(coro, context=gen.context.copy())  # type: ignore[arg-type]
+    task: asyncio.Task[None] = loop.create_task(coro, context=gen.context.copy())
     gen.conns.add(task, reader, writer)
     stats = gen.stats
     stats.active += 1
