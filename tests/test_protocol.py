@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ import pytest
 from supervisor import current_server
 from supervisor.errors import ConfigError
 from supervisor.state import ChildState
+from tests.e2e_util import write_config
 from tests.helpers import DEADLINE, eventually, plan_from, port_of, running, wait_state
+from tests.proc import SupervisorProcess
 
 GATE: dict[str, asyncio.Event] = {}
 DRAINED: list[int] = []
@@ -195,3 +199,37 @@ def test_config_errors_are_located(tmp_path: Path, server: str, expected: str) -
         plan_from(tmp_path, f"servers:\n  - {server}\n")
     assert expected in str(err.value)
     assert re.search(r"\.yaml:\d+: servers\[0\]\.(kind|handler|read_limit|options): ", str(err.value))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.e2e
+def test_sigterm_lets_an_in_flight_protocol_response_finish_then_exits_0(tmp_path: Path, loop: str) -> None:
+    config = write_config(
+        tmp_path,
+        f"""
+        supervisor: {{loop: {loop}}}
+        metrics: {{enabled: false}}
+        console: {{enabled: false}}
+        servers:
+          - {{name: web, kind: protocol, handler: "supervisor.handlers.http_protocol:make", port: 0}}
+        """,
+    )
+    with SupervisorProcess(config) as sp:
+        port = sp.ready()["web"]
+        idle = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        busy = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        # one segment, two requests: the first answer proves the server read both, so /sleep is in flight
+        busy.sendall(b"GET / HTTP/1.1\r\n\r\nGET /sleep?s=0.5 HTTP/1.1\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"hello\n"):
+            answer += busy.recv(4096)
+        sp.signal(signal.SIGTERM)
+        answer = b""
+        while chunk := busy.recv(4096):
+            answer += chunk
+        assert sp.wait() == 0
+        assert answer.endswith(b"slept 0.5\n")
+        assert idle.recv(1) == b""  # the idle keep-alive client was closed at the drain, it did not hold the exit
+        idle.close()
+        busy.close()
+    assert "Traceback" not in sp.output
