@@ -13,6 +13,7 @@ from supervisor import values as v
 from supervisor.spec import (
     CLIENT_AUTH,
     HANDLER_ERROR_POLICIES,
+    KINDS,
     LOOPS,
     RESTART_TYPES,
     STRATEGIES,
@@ -153,6 +154,7 @@ class ConfigReader(NodeReader):
             name=name,
             handler=handler,
             port=port,
+            kind=self.field(f, "kind", p, v.choice(KINDS), d.kind),
             host=self.field(f, "host", p, v.host, d.host),
             unix=self.field(f, "unix", p, v.socket_path, d.unix),
             mode=self.field(f, "mode", p, v.file_mode, d.mode),

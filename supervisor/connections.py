@@ -36,6 +36,9 @@ class Connections:
         self._by_task[task] = (reader, writer)
         self.empty.clear()
 
+    def get(self, task: asyncio.Task[Any]) -> tuple[Reader, asyncio.StreamWriter]:
+        return self._by_task[task]
+
     def remove(self, task: asyncio.Task[Any]) -> None:
         del self._by_task[task]
         if not self._by_task:

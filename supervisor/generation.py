@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
-from supervisor import session, sockets
+from supervisor import protocols, session, sockets
 from supervisor.address import Address
 from supervisor.connections import Connections
 from supervisor.errors import StartTimeout, StopServer
-from supervisor.handler import Handler, ServerContext, open_handler, set_current
+from supervisor.handler import ProtocolFactory, ServerContext, open_handler, open_protocol, set_current
 from supervisor.listener import Listener
 from supervisor.plan import ServerPlan
 from supervisor.state import ServerStats
@@ -46,7 +48,7 @@ class Generation:
         force: asyncio.Future[None],
         on_end: Callable[[Generation, Reason], None],
     ) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.plan = plan
         self.number = number
         self.ctx = ServerContext(plan.name, number, plan.options)
@@ -54,11 +56,21 @@ class Generation:
         self.ready: asyncio.Future[Address] = loop.create_future()
         self.task: asyncio.Task[None] | None = None
         self.spare_fresh = False  # a restart's drain: see streams.Reader
-        self.conns = Connections(plan.name, number, stats)
+        self.conns: Any = (
+            protocols.ProtocolConnections(plan.name, number, stats)
+            if plan.kind == "protocol"
+            else Connections(plan.name, number, stats)
+        )
         self.listener = listener
-        self.handler: Handler | None = None  # set once the lifespan entered
-        # the per-connection path (session.py): one partial per generation, one coroutine per connection
-        self.serve: Callable[[Reader, asyncio.StreamWriter], Awaitable[None]] = functools.partial(session.serve, self)
+        self.handler: Any = None  # the stream handler, or the protocol factory; set once the lifespan entered
+        # kind protocol: what the listener calls per connection, set before attach (a placeholder until then)
+        self.make_protocol: ProtocolFactory = asyncio.Protocol
+        # the per-connection path (session.py): partials made once per generation, nothing per connection
+        self.accept: Callable[[Reader, asyncio.StreamWriter], None] = functools.partial(session.accept, self)
+        self.finished: Callable[[asyncio.Task[Any]], None] = functools.partial(session.finished, self)
+        self.context = contextvars.copy_context()  # made again in run(), where current_server() is this one
+        # a plain attribute, not ctx.draining.is_set(): every read that waits looks at it (streams.Reader)
+        self.draining = False
         self._force = force
         self._on_end = on_end
         self._stop: asyncio.Future[Reason] = loop.create_future()
@@ -71,10 +83,6 @@ class Generation:
     @property
     def name(self) -> str:
         return f"{self.plan.name}#{self.number}"
-
-    @property
-    def draining(self) -> bool:
-        return self.ctx.draining.is_set()
 
     @property
     def stopped(self) -> bool:
@@ -108,9 +116,15 @@ class Generation:
 
     # -- the task --------------------------------------------------------------------------------------------------
 
+    def _set_draining(self) -> None:
+        self.draining = True
+        self.ctx.draining.set()
+
     async def run(self) -> None:
         set_current(self.ctx)
-        lifespan = open_handler(self.plan.target, self.plan.direct, self.plan.options)
+        self.context = contextvars.copy_context()  # what each connection's task runs in (a copy of it)
+        opener = open_protocol if self.plan.kind == "protocol" else open_handler
+        lifespan: AbstractAsyncContextManager[Any] = opener(self.plan.target, self.plan.direct, self.plan.options)
         try:
             handler = await self._enter(lifespan)
             if handler is None:
@@ -144,10 +158,10 @@ class Generation:
             if not self.ready.done():
                 self.ready.cancel()  # stopped in the instant its lifespan finished entering
             self.listener.detach(self)
-            self.ctx.draining.set()
+            self._set_draining()
             self.conns.cancel_all()
 
-    async def _enter(self, lifespan: AbstractAsyncContextManager[Handler]) -> Handler | None:
+    async def _enter(self, lifespan: AbstractAsyncContextManager[Any]) -> Any:
         if self._stop.done():
             return None
         try:
@@ -163,8 +177,10 @@ class Generation:
                 "or find what its setup waits for (`supervisor ctl status`, the console's `where`)"
             ) from None
 
-    async def _serve_and_drain(self, handler: Handler) -> None:
+    async def _serve_and_drain(self, handler: Any) -> None:
         self.handler = handler
+        if self.plan.kind == "protocol":
+            self.make_protocol = protocols.supervised(self, handler)
         if not self._stop.done():  # a stop requested while the lifespan entered: never attach
             self.listener.attach(self)
             self.ready.set_result(self.listener.address)
@@ -176,10 +192,10 @@ class Generation:
         loop = asyncio.get_running_loop()
         budget = await self._drain_budget
         self._exit_by = loop.time() + budget
-        self.ctx.draining.set()  # draining starts now, not at the stop: at shutdown each server waits its turn
+        self._set_draining()  # draining starts now, not at the stop: at shutdown each server waits its turn
         await self.conns.drain(budget, self._force, spare_fresh=self.spare_fresh)
 
-    async def _exit(self, lifespan: AbstractAsyncContextManager[Handler], exc: BaseException | None) -> bool:
+    async def _exit(self, lifespan: AbstractAsyncContextManager[Any], exc: BaseException | None) -> bool:
         """Exit the lifespan within what is left of the budget; True if it suppressed ``exc``."""
         loop = asyncio.get_running_loop()
         exit_by = self._exit_by if self._exit_by is not None else loop.time() + self.plan.shutdown_timeout

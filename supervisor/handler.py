@@ -10,6 +10,9 @@ A server's ``handler:`` names either
   An exception escaping the lifespan (including from a background task in a TaskGroup it owns) is a
   server failure and triggers a restart.
 
+With ``kind: protocol`` it names an ``asyncio.Protocol`` class (one instance per connection), or a factory
+``make(options)`` returning a zero-argument protocol factory, or a lifespan yielding one (see protocols.py).
+
 Inside a handler or a lifespan, :func:`current_server` tells which server runs it and whether it is draining.
 """
 
@@ -26,6 +29,7 @@ from typing import Any, TypeAlias
 
 Handler: TypeAlias = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 Factory: TypeAlias = Callable[[Mapping[str, Any]], Any]
+ProtocolFactory: TypeAlias = Callable[[], asyncio.BaseProtocol]
 
 
 @dataclass(slots=True)
@@ -90,6 +94,33 @@ async def open_handler(target: object, direct: bool, options: Mapping[str, Any])
     else:
         _check_handler(made)
         yield made
+
+
+@contextlib.asynccontextmanager
+async def open_protocol(target: object, direct: bool, options: Mapping[str, Any]) -> AsyncIterator[ProtocolFactory]:
+    """``kind: protocol``: the Protocol class itself, or what the factory made (or its lifespan yielded)."""
+    if direct:
+        yield target  # type: ignore[misc]
+        return
+    made = target(options)  # type: ignore[operator]
+    if inspect.isawaitable(made):
+        made = await made
+    if hasattr(made, "__aenter__") and hasattr(made, "__aexit__"):
+        async with made as factory:
+            _check_protocol_factory(factory)
+            yield factory
+    else:
+        _check_protocol_factory(made)
+        yield made
+
+
+def is_protocol_class(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, asyncio.BaseProtocol)
+
+
+def _check_protocol_factory(factory: object) -> None:
+    if not callable(factory) or inspect.iscoroutinefunction(factory):
+        raise TypeError(f"the factory gave {factory!r}, expected an asyncio.Protocol class or a zero-argument callable")
 
 
 def _check_handler(handler: object) -> None:

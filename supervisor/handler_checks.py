@@ -8,7 +8,7 @@ import difflib
 import importlib
 import inspect
 
-from supervisor.handler import is_direct_handler, looks_like_sync_handler
+from supervisor.handler import is_direct_handler, is_protocol_class, looks_like_sync_handler
 from supervisor.spec import ServerSpec
 from supervisor.values import clip
 
@@ -47,6 +47,14 @@ def resolve_handler(spec: ServerSpec, problems: list[str]) -> tuple[object, bool
             return None
         walked.append(part)
         owner = f"'{module_name}:{'.'.join(walked)}'"
+    if spec.kind == "protocol":
+        return _protocol_target(spec, target, problems)
+    if is_protocol_class(target):
+        problems.append(
+            f"{where}: '{spec.handler}' is an asyncio.Protocol class; add 'kind: protocol' to this server, "
+            "or name an async def handle(reader, writer)"
+        )
+        return None
     if not callable(target):
         problems.append(
             f"{where}: '{spec.handler}' is not callable (it is of type {type(target).__name__}); "
@@ -69,6 +77,40 @@ def resolve_handler(spec: ServerSpec, problems: list[str]) -> tuple[object, bool
             "remove 'options' or point 'handler' at a factory"
         )
     return target, direct
+
+
+# keys of the stream kind's own reader and writer: a protocol owns its buffers and its silence
+STREAM_ONLY = ("read_limit", "idle_timeout", "max_write_buffer")
+
+
+def _protocol_target(spec: ServerSpec, target: object, problems: list[str]) -> tuple[object, bool] | None:
+    where = spec.where("handler")
+    for key in STREAM_ONLY:
+        if key in spec.locations:
+            problems.append(
+                f"{spec.where(key)}: '{key}' applies to kind stream only (a protocol owns its buffers and "
+                "timeouts: use pause_writing()/resume_writing() and your own timers); remove it"
+            )
+    if is_protocol_class(target):
+        if spec.options:
+            problems.append(
+                f"{spec.where('options')}: '{spec.handler}' is a Protocol class and takes no options; "
+                "remove 'options' or point 'handler' at a factory make(options)"
+            )
+        return target, True
+    if inspect.iscoroutinefunction(target) or not callable(target):
+        problems.append(
+            f"{where}: '{spec.handler}' is not usable with kind protocol; name an asyncio.Protocol class or a "
+            "factory make(options) returning a protocol factory (or remove 'kind: protocol' for a stream handler)"
+        )
+        return None
+    if not _takes(target, 1):
+        problems.append(
+            f"{where}: '{spec.handler}' is called with one argument, the server's options, but cannot take "
+            f"it{_signature(target)}; make it def make(options)"
+        )
+        return None
+    return target, False
 
 
 def _misfit(target: object, direct: bool) -> str | None:

@@ -13,11 +13,12 @@ import logging
 import os
 import socket
 from asyncio.selector_events import BaseSelectorEventLoop
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Protocol
 
 from supervisor import sockets
 from supervisor.plan import ServerPlan
+from supervisor.protocols import Parked
 from supervisor.state import ServerStats
 from supervisor.streams import Reader
 from supervisor.throttle import Throttle, folded
@@ -33,7 +34,9 @@ class Generation(Protocol):
     def plan(self) -> ServerPlan: ...
 
     @property
-    def serve(self) -> Callable[[Reader, asyncio.StreamWriter], Awaitable[None]]: ...
+    def accept(self) -> Callable[[Reader, asyncio.StreamWriter], None]: ...
+
+    def make_protocol(self) -> asyncio.BaseProtocol: ...
 
 
 class Listener:
@@ -51,6 +54,7 @@ class Listener:
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # the socket is closed
         self._limit = plan.max_connections or 1 << 62
         self.throttle = Throttle()  # this server's log lines that clients can trigger at will
+        self._parked: set[asyncio.Task[None]] = set()  # connections waiting for the next generation
 
     @classmethod
     def bind(cls, plan: ServerPlan, stats: ServerStats) -> Listener:
@@ -132,11 +136,14 @@ class Listener:
 
     def admit(self, writer: asyncio.StreamWriter) -> bool:
         """False (and the connection closed, counted, logged at most once per interval) past max_connections."""
+        return self.admit_transport(writer.transport)
+
+    def admit_transport(self, transport: asyncio.BaseTransport) -> bool:
         stats = self.stats
         if stats.active + stats.parked < self._limit:
             return True
         stats.rejected += 1
-        writer.transport.close()
+        transport.close()
         if (more := self.throttle("rejected")) is not None:
             LOGGER.warning(
                 "server %s: max_connections (%d) reached, closing new connections%s",
@@ -144,12 +151,40 @@ class Listener:
             )  # fmt: skip
         return False
 
-    def _make_protocol(self) -> asyncio.StreamReaderProtocol:
-        # Bind the connection to the generation accepting now: one coroutine per connection, not two.
+    def _make_protocol(self) -> asyncio.BaseProtocol:
+        if self.plan.kind == "protocol":
+            gen = self.current
+            return gen.make_protocol() if gen is not None else Parked(self, self.stats)
+        # Bind the connection to the generation accepting now. Its accept() is a plain function: the protocol
+        # calls it when the connection is made, and it starts the handler's task itself (session.py).
         gen = self.current
-        serve = gen.serve if gen is not None else self.dispatch
+        accept = gen.accept if gen is not None else self.park
         reader = Reader(self.plan.read_limit, self._loop)
-        return asyncio.StreamReaderProtocol(reader, serve, loop=self._loop)  # type: ignore[arg-type]
+        return asyncio.StreamReaderProtocol(reader, accept, loop=self._loop)  # type: ignore[arg-type]
+
+    def when_next(self, callback: Callable[[Generation | None], None]) -> bool:
+        """Call ``callback`` with the next generation to attach (None: closed for good); False if closed now."""
+        if self._closed:
+            return False
+        if self.current is not None:
+            callback(self.current)
+            return True
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        self._next.add_done_callback(lambda next_gen: callback(next_gen.result()))
+        return True
+
+    def adopt(self, transport: asyncio.BaseTransport) -> None:
+        """A protocol-kind connection its generation stopped before it could serve it: park it for the next."""
+        parked = Parked(self, self.stats)
+        transport.set_protocol(parked)
+        parked.connection_made(transport)
+
+    def park(self, reader: Reader, writer: asyncio.StreamWriter) -> None:
+        """A connection accepted while no generation takes them (a restart): wait for the next, in a task."""
+        task = self._loop.create_task(self.dispatch(reader, writer))
+        self._parked.add(task)
+        task.add_done_callback(self._parked.discard)
 
     async def dispatch(self, reader: Reader, writer: asyncio.StreamWriter) -> None:
         """Serve a connection with the generation accepting now, or park it until the next one attaches."""
@@ -172,4 +207,7 @@ class Listener:
             if gen is None:
                 writer.transport.abort()
                 return
-        await gen.serve(reader, writer)
+        if gen.plan.kind != "stream":  # a reload made it a protocol server while this stream connection waited
+            writer.transport.abort()
+            return
+        gen.accept(reader, writer)

@@ -24,7 +24,8 @@ _LINE = re.compile(r"^.*?:(\d+): ")
 class ServerPlan:
     name: str
     target: object  # the resolved handler or factory
-    direct: bool  # True: ``target`` is the per-connection handler itself
+    direct: bool  # True: ``target`` is the per-connection handler itself (kind protocol: the Protocol class)
+    kind: str  # stream | protocol
     handler_path: str
     host: str
     port: int
@@ -77,7 +78,7 @@ class Plan:
                 f"{p.backoff.initial:g}s x{p.backoff.factor:g} <= {p.backoff.max:g}s",
                 f"{p.shutdown_timeout:g}s",
                 ",".join(p.after) or "-",
-                p.handler_path,
+                p.handler_path + (" (protocol)" if p.kind == "protocol" else ""),
             )
             for p in self.servers
         ]
@@ -129,6 +130,7 @@ def _server_plan(
         name=spec.name,
         target=target,
         direct=direct,
+        kind=spec.kind,
         handler_path=spec.handler,
         host=spec.host,
         port=spec.port,

@@ -13,6 +13,7 @@ RESTART_TYPES: Final = ("permanent", "transient", "temporary")
 HANDLER_ERROR_POLICIES: Final = ("log", "restart")
 CLIENT_AUTH: Final = ("none", "optional", "required")
 LOOPS: Final = ("asyncio", "uvloop")
+KINDS: Final = ("stream", "protocol")  # a server's handler kind: asyncio streams, or an asyncio.Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class ServerSpec:
     name: str
     handler: str
     port: int
+    kind: str = "stream"  # stream: handle(reader, writer) | protocol: an asyncio.Protocol factory
     host: str = "127.0.0.1"
     unix: str = ""  # a unix socket path instead of host/port
     mode: int | None = None  # the unix socket file's permissions (None: as the umask leaves them)

@@ -9,6 +9,7 @@ check or two; the costlier work (timers, traceback walks) happens only when a li
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol, SupportsIndex
@@ -40,6 +41,10 @@ class DrainState(Protocol):
     def spare_fresh(self) -> bool: ...
 
 
+_BASE_WAIT = asyncio.StreamReader._wait_for_data  # type: ignore[attr-defined]
+_BASE_FEED = asyncio.StreamReader.feed_data
+
+
 class Reader(asyncio.StreamReader):
     """A StreamReader that reads end-of-stream once its server drains, if it is between messages.
 
@@ -48,20 +53,24 @@ class Reader(asyncio.StreamReader):
     of a message (bytes buffered, or waiting in readexactly) keeps its whole drain budget.
     With ``idle_timeout``, a client that sends nothing for that long is ended the same way when it is
     between messages, and with :class:`IdleTimeout` raised into the read when it is not (a slowloris).
+
+    Per-connection state is class defaults until it changes (measured: each instance attribute is ~8-16 bytes of
+    its __dict__ per idle connection), and the read path costs one Python call more than the base class's: the
+    check in ``_wait_for_data``. Where ``feed_data`` must differ, the instance changes class once instead of
+    paying a frame per segment: the first byte makes it :class:`_Receiving` (the stdlib's ``feed_data``), an
+    end-of-stream we inject makes it :class:`_Ended` (late bytes dropped).
     """
 
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
-        self.owner: DrainState | None = None  # the generation serving this connection
-        self.accepted_at = 0.0  # loop time
-        self.ended_by = ""  # a CLIENT_REASONS value once the supervisor ended the connection itself
-        self.drained = False  # the drain ended the read: the end-of-stream is ours, not the client's
-        self.admitted = False  # counted against max_connections already (parked through a restart)
-        self._reading = ""  # the last read that had to wait for data
-        self._fresh = True  # no byte received yet
-        self._idle_timeout = 0.0
-        self._last_rx = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
+    owner: DrainState | None = None  # the generation serving this connection
+    accepted_at = 0.0  # loop time
+    ended_by = ""  # a CLIENT_REASONS value once the supervisor ended the connection itself
+    drained = False  # the drain ended the read: the end-of-stream is ours, not the client's
+    admitted = False  # counted against max_connections already (parked through a restart)
+    _reading = ""  # the last read that had to wait for data; "" = none yet (no byte can have arrived)
+    _fresh = True  # no byte received yet (what a restart's drain spares, FRESH_WINDOW)
+    _idle_timeout = 0.0
+    _last_rx = 0.0
+    _idle_timer: asyncio.TimerHandle | None = None
 
     # -- draining ------------------------------------------------------------------------------------------------
 
@@ -84,28 +93,28 @@ class Reader(asyncio.StreamReader):
         self._reading = func_name
         if self._idle_timeout:
             self._last_rx = self._loop.time()  # type: ignore[attr-defined]  # silence counts from now
-        if self._between_messages(func_name):
-            self.drained = True
-            self.feed_eof()
+        owner = self.owner
+        if owner is not None and owner.draining and self._between_messages(func_name):
+            self._end_read()
             done: asyncio.Future[None] = self._loop.create_future()  # type: ignore[attr-defined]
             done.set_result(None)
             return done  # every caller re-checks _eof after waiting and reports end-of-stream
-        return super()._wait_for_data(func_name)  # type: ignore[misc, no-any-return]
+        return _BASE_WAIT(self, func_name)  # type: ignore[no-any-return]
 
     def feed_data(self, data: Iterable[SupportsIndex]) -> None:
-        # Bytes arriving after an end-of-stream we injected: the handler has finished; drop them
-        # (StreamReader asserts otherwise, and the loop would abort the connection mid-goodbye).
-        if not self._eof:  # type: ignore[attr-defined]
-            self._fresh = False
-            if self._idle_timeout:
-                self._last_rx = self._loop.time()  # type: ignore[attr-defined]
-            super().feed_data(data)
+        self.__class__ = _Receiving  # the first byte: no longer fresh, and no frame of ours from now on
+        _BASE_FEED(self, data)
+
+    def _end_read(self) -> None:
+        """Our end-of-stream: the handler reads b"" now; bytes still coming are dropped."""
+        self.drained = True
+        self.feed_eof()
+        self.__class__ = _Ended
 
     def eof_if_idle(self) -> bool:
         """End the read now if the handler waits between messages (``_waiter``: a read is blocked)."""
         if self._waiter is not None and self._between_messages(self._reading):  # type: ignore[attr-defined]
-            self.drained = True
-            self.feed_eof()
+            self._end_read()
             return True
         return False
 
@@ -136,12 +145,30 @@ class Reader(asyncio.StreamReader):
         self._idle_timer = None
         self.ended_by = "idle_timeout"
         if self._waiter is not None and not self._buffer:  # type: ignore[attr-defined]
-            self.feed_eof()  # between messages: a clean end-of-stream, the handler may still say goodbye
+            self._end_read()  # between messages: a clean end-of-stream, the handler may still say goodbye
+            self.drained = False  # ... but not the drain's: ended_by says why
             return
         self.set_exception(IdleTimeout(f"no data from the client for {self._idle_timeout:g}s"))
         transport = self._transport  # type: ignore[attr-defined]
         if transport is not None:
             transport.abort()
+
+
+class _Receiving(Reader):
+    """A Reader after its first byte: the stdlib's own ``feed_data``, no frame of ours per segment."""
+
+    _fresh = False
+    feed_data = _BASE_FEED
+
+
+class _Ended(Reader):
+    """A Reader after an end-of-stream we gave: bytes a client still sends are dropped (StreamReader asserts
+    otherwise, and the loop would abort the connection mid-goodbye)."""
+
+    _fresh = False
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        pass
 
 
 class BoundedWriter(asyncio.StreamWriter):
@@ -150,11 +177,11 @@ class BoundedWriter(asyncio.StreamWriter):
     Checked only while the transport is above its high-water mark (``pause_writing`` was called), so a
     write costs one attribute test more than the base class's; :func:`bound_writer` puts that mark at or
     below the limit. A handler that never awaits ``drain()`` (a broadcast to a client that never reads)
-    cannot grow the process past the limit.
+    cannot grow the process past the limit. ``limit`` is a class attribute of a subclass per limit (nothing
+    per connection), and the reader is the one the stdlib writer already holds.
     """
 
-    limit: int
-    reader: Reader
+    limit = 0
 
     def write(self, data: Any) -> None:
         # Writes after the abort below are the transport's to refuse: asyncio drops them (its warning about
@@ -172,16 +199,20 @@ class BoundedWriter(asyncio.StreamWriter):
 
     def _check(self, transport: asyncio.WriteTransport) -> None:
         if transport.get_write_buffer_size() > self.limit:
-            self.reader.ended_by = "write_buffer"
+            reader = self._reader  # type: ignore[attr-defined]
+            if isinstance(reader, Reader):
+                reader.ended_by = "write_buffer"
             transport.abort()
 
 
-def bound_writer(writer: asyncio.StreamWriter, reader: Reader, limit: int) -> None:
+@functools.lru_cache(maxsize=64)
+def _bounded(limit: int) -> type[BoundedWriter]:
+    return type("BoundedWriter", (BoundedWriter,), {"limit": limit})
+
+
+def bound_writer(writer: asyncio.StreamWriter, limit: int) -> None:
     """Give ``writer`` the bound in place: the protocol keeps its own reference to this very object."""
-    writer.__class__ = BoundedWriter
-    bounded: BoundedWriter = writer  # type: ignore[assignment]
-    bounded.limit = limit
-    bounded.reader = reader
+    writer.__class__ = _bounded(limit)
     if limit < HIGH_WATER * 2:
         # drain() waits from half the limit on, and the check runs past it: a smaller limit is a real bound too
         writer.transport.set_write_buffer_limits(high=limit // 2)

@@ -420,8 +420,8 @@ def test_misspelled_servers_is_unknown_and_servers_is_missing(tmp_path: Path) ->
         ("option: {}", "5: servers[0].option: unknown key; did you mean 'options'?"),
         (
             "zzz: 1",
-            "5: servers[0].zzz: unknown key; expected one of: name, handler, port, host, unix, mode, tls, restart, "
-            "on_handler_error, "
+            "5: servers[0].zzz: unknown key; expected one of: name, handler, port, kind, host, unix, mode, tls, "
+            "restart, on_handler_error, "
             "backoff, shutdown_timeout, backlog, max_connections, idle_timeout, read_limit, max_write_buffer, "
             "start_timeout, start_retries, after, options",
         ),
@@ -669,7 +669,8 @@ def test_server_entries_must_be_mappings_with_required_keys(tmp_path: Path) -> N
         """,
     )
     keys = (
-        "name, handler, port, host, unix, mode, tls, restart, on_handler_error, backoff, shutdown_timeout, backlog, "
+        "name, handler, port, kind, host, unix, mode, tls, restart, on_handler_error, backoff, shutdown_timeout, "
+        "backlog, "
         "max_connections, "
         "idle_timeout, read_limit, max_write_buffer, start_timeout, start_retries, after, options"
     )

@@ -1,0 +1,258 @@
+"""``kind: protocol``: a server whose connections are the user's ``asyncio.Protocol`` objects, supervised like a
+stream server's -- counted, tracked for the drain, their errors classified under ``on_handler_error``.
+
+The user's class is subclassed once per generation (:func:`supervised`); the subclass's callbacks call the user's
+own inside a ``try`` (no proxy object, no per-connection closure: one plain call more per ``data_received``).
+So the transport never sees the user's exception: asyncio would log "Fatal error: protocol.data_received() call
+failed." and uvloop reports it its own way; here both loops classify it the same. A factory that returns
+instances of another class gets them moved to a subclass of theirs, made once per class and generation.
+
+The drain contract: an optional ``drain()`` method, called once per live connection when the generation drains
+(a keep-alive HTTP protocol closes when idle, finishes its response then closes); without one the transport is
+closed at once. The transports left at the drain's deadline are aborted; the drain ends when every
+``connection_lost`` has been called (bounded by CANCEL_GRACE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from supervisor.connections import CANCEL_GRACE
+from supervisor.errors import StopServer
+from supervisor.state import ServerStats
+from supervisor.throttle import folded
+
+if TYPE_CHECKING:
+    from supervisor.generation import Generation
+
+LOGGER = logging.getLogger("supervisor")
+_CALLBACKS = ("connection_made", "data_received", "eof_received", "connection_lost", "pause_writing", "resume_writing")
+
+
+class ProtocolConnections:
+    """The live connections of one protocol generation: protocol -> (transport, accepted at), and their drain."""
+
+    def __init__(self, server: str, generation: int, stats: ServerStats) -> None:
+        self._server = server
+        self._generation = generation
+        self._stats = stats
+        self._live: dict[asyncio.BaseProtocol, tuple[asyncio.BaseTransport, float]] = {}
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def add(self, proto: asyncio.BaseProtocol, transport: asyncio.BaseTransport, now: float) -> None:
+        self._live[proto] = (transport, now)
+        self.empty.clear()
+        self._stats.active += 1
+        self._stats.total += 1
+
+    def remove(self, proto: asyncio.BaseProtocol, now: float) -> None:
+        if (entry := self._live.pop(proto, None)) is not None:
+            self._stats.active -= 1
+            self._stats.observe_duration(now - entry[1])
+            if not self._live:
+                self.empty.set()
+
+    def abort(self, proto: asyncio.BaseProtocol) -> None:
+        if (entry := self._live.get(proto)) is not None:
+            entry[0].abort()  # type: ignore[attr-defined]
+
+    def cancel_all(self) -> None:
+        for transport, _ in list(self._live.values()):
+            transport.abort()  # type: ignore[attr-defined]
+
+    async def drain(self, budget: float, force: asyncio.Future[None], *, spare_fresh: bool = False) -> None:
+        """Call each protocol's ``drain()`` (else close its transport); after ``budget`` (or ``force``) abort."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for proto, (transport, _) in list(self._live.items()):
+            drain = getattr(proto, "drain", None)
+            try:
+                drain() if drain is not None else transport.close()
+            except Exception:  # the user's drain() failed: that connection is cut now
+                LOGGER.warning("server %s: drain() raised; connection aborted", self._server, exc_info=True)
+                self._stats.handler_errors += 1
+                transport.abort()  # type: ignore[attr-defined]
+        if self and not force.done():
+            empty = asyncio.ensure_future(self.empty.wait())
+            try:
+                await asyncio.wait((empty, force), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                empty.cancel()
+        if self:
+            why = "skipped (second stop request)" if force.done() else f"budget {budget:.1f}s used up"
+            LOGGER.warning(
+                "server %s: drain %s, aborting %d connection(s) of generation %d",
+                self._server, why, len(self), self._generation,
+            )  # fmt: skip
+            self._stats.drain_cancelled += len(self)
+            self.cancel_all()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.empty.wait(), CANCEL_GRACE)
+        self._stats.last_drain_seconds = loop.time() - started
+
+
+def supervised(gen: Generation, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.BaseProtocol]:
+    """The protocol factory the listener calls for ``gen``: the user's class, subclassed for this generation."""
+    if isinstance(factory, type):
+        return _subclass(gen, factory)
+    made: dict[type, type] = {}
+
+    def adopt() -> asyncio.BaseProtocol:
+        proto = factory()
+        cls = type(proto)
+        if (sub := made.get(cls)) is None:
+            sub = made[cls] = _subclass(gen, cls)
+        proto.__class__ = sub
+        return proto
+
+    return adopt
+
+
+def _subclass(gen: Generation, base: type) -> type:
+    user = {name: getattr(base, name) for name in _CALLBACKS}
+    made, received, eof, lost = (user[n] for n in _CALLBACKS[:4])
+    conns: ProtocolConnections = gen.conns
+    loop = gen.loop
+
+    def failed(self: asyncio.BaseProtocol, exc: Exception) -> None:
+        conns.abort(self)
+        if isinstance(exc, StopServer):
+            gen.stop(exc)
+            return
+        if _raised_in_transport(exc):
+            gen.stats.client_errors["reset"] += 1  # the transport's own error (a write to a gone client)
+            return
+        gen.stats.handler_errors += 1
+        if gen.plan.on_handler_error == "restart" and not gen.stopped:
+            gen.stop(exc)
+        elif (more := gen.listener.throttle(type(exc).__name__)) is not None:
+            LOGGER.warning(
+                "server %s: handler error, connection closed: %r%s", gen.plan.name, exc, folded(more), exc_info=exc
+            )
+
+    def connection_made(self: asyncio.BaseProtocol, transport: asyncio.BaseTransport) -> None:
+        if gen.stopped:
+            gen.listener.adopt(transport)  # accepted in the instant this generation stopped: the next serves it
+            return
+        if not gen.listener.admit_transport(transport):
+            return
+        conns.add(self, transport, loop.time())
+        try:
+            made(self, transport)
+        except Exception as exc:  # noqa: BLE001 - classified like any callback's error
+            failed(self, exc)
+
+    def data_received(self: asyncio.Protocol, data: bytes) -> None:
+        try:
+            received(self, data)
+        except Exception as exc:  # noqa: BLE001 - classified: the transport never sees it
+            failed(self, exc)
+
+    def eof_received(self: asyncio.Protocol) -> bool | None:
+        try:
+            return eof(self)  # type: ignore[no-any-return]
+        except Exception as exc:  # noqa: BLE001
+            failed(self, exc)
+            return None
+
+    def connection_lost(self: asyncio.BaseProtocol, exc: Exception | None) -> None:
+        if isinstance(exc, OSError):
+            gen.stats.client_errors["reset"] += 1
+        try:
+            lost(self, exc)
+        except Exception as error:  # noqa: BLE001
+            failed(self, error)
+        finally:
+            conns.remove(self, loop.time())
+
+    namespace: dict[str, Any] = {
+        "__slots__": (),  # the same layout as the user's class: instances of it can be moved here
+        "connection_made": connection_made,
+        "data_received": data_received,
+        "eof_received": eof_received,
+        "connection_lost": connection_lost,
+    }
+    return type(base.__name__, (base,), namespace)
+
+
+def _raised_in_transport(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if isinstance(tb.tb_frame.f_locals.get("self"), asyncio.BaseTransport):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class ParkingLot(Protocol):
+    """What a parked connection needs of its listener (listener.Listener)."""
+
+    def admit_transport(self, transport: asyncio.BaseTransport) -> bool: ...
+
+    def when_next(self, callback: Callable[[Any], None]) -> bool: ...
+
+
+class Parked(asyncio.Protocol):
+    """A protocol-kind connection accepted while no generation takes them: reading paused until the next one
+    attaches, then handed to it (``set_protocol``, ``connection_made``, what arrived meanwhile) -- nothing refused,
+    nothing lost. uvloop starts reading after ``connection_made`` returns, so a first segment may still arrive:
+    it is kept (reading is paused again) and given to the real protocol first."""
+
+    def __init__(self, lot: ParkingLot, stats: ServerStats) -> None:
+        self._lot = lot
+        self._stats = stats
+        self._transport: asyncio.BaseTransport | None = None
+        self._early: list[bytes] = []
+        self._eof = False
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)
+        if self._transport is not None:
+            self._transport.pause_reading()  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return True  # keep the transport open: the next generation's protocol decides
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._lot.admit_transport(transport):
+            return
+        self._transport = transport
+        transport.pause_reading()  # type: ignore[attr-defined]
+        self._stats.parked += 1
+        if not self._lot.when_next(self._attach):
+            self._stats.parked -= 1
+            transport.abort()  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._transport = None
+            self._stats.parked -= 1
+
+    def _attach(self, gen: Any) -> None:
+        transport = self._transport
+        if transport is None:
+            return  # the client left while it waited
+        self._transport = None
+        self._stats.parked -= 1
+        if gen is None:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        proto = gen.make_protocol()
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        if self._early and not transport.is_closing():
+            proto.data_received(b"".join(self._early))
+        if self._eof and not transport.is_closing():
+            if not proto.eof_received():
+                transport.close()
+        elif not transport.is_closing():
+            transport.resume_reading()  # type: ignore[attr-defined]

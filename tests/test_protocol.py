@@ -1,0 +1,235 @@
+"""``kind: protocol`` over real sockets on both loops: served, counted, its callbacks' errors classified under
+``on_handler_error``, connections parked through a restart gap, the drain contract, and the config's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor import current_server
+from supervisor.errors import ConfigError
+from supervisor.state import ChildState
+from tests.e2e_util import write_config
+from tests.helpers import DEADLINE, eventually, plan_from, port_of, running, wait_state
+from tests.proc import SupervisorProcess
+
+GATE: dict[str, asyncio.Event] = {}
+DRAINED: list[int] = []
+
+
+class Echo(asyncio.Protocol):
+    """Echoes; ``boom`` raises from data_received; answers ``who`` with the generation its factory saw
+    (callbacks run in the loop's own callbacks: current_server() is for the factory and lifespan)."""
+
+    generation = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if data.startswith(b"boom"):
+            raise RuntimeError("boom requested")
+        if data.startswith(b"who"):
+            self.transport.write(b"gen %d\n" % self.generation)
+            return
+        self.transport.write(data)
+
+    def drain(self) -> None:
+        DRAINED.append(1)
+        self.transport.close()
+
+
+@contextlib.asynccontextmanager
+async def gated(options: Mapping[str, Any]) -> AsyncIterator[Callable[[], asyncio.Protocol]]:
+    """Generation 2 and later wait at GATE['g'] before serving: a restart gap held open."""
+    if current_server().generation >= 2:
+        await GATE.setdefault("g", asyncio.Event()).wait()
+    yield make_echo(options)
+
+
+def make_echo(options: Mapping[str, Any]) -> type[Echo]:
+    return type("Echo", (Echo,), {"generation": current_server().generation})
+
+
+@pytest.fixture(autouse=True)
+def _clean() -> Iterator[None]:
+    GATE.clear()
+    DRAINED.clear()
+    yield
+    for gate in GATE.values():
+        gate.set()
+
+
+async def talk(port: int, line: bytes) -> bytes:
+    async with asyncio.timeout(DEADLINE):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(line)
+            await writer.drain()
+            return await reader.readline()
+        finally:
+            writer.close()
+
+
+HTTP = """
+servers:
+  - {name: web, kind: protocol, handler: "supervisor.handlers.http_protocol:make", port: 0, options: {body: "hi\\n"}}
+"""
+
+
+async def test_the_http_protocol_is_served_kept_alive_and_counted(tmp_path: Path) -> None:
+    async with running(plan_from(tmp_path, HTTP)) as sup:
+        async with asyncio.timeout(DEADLINE):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(sup, "web"))
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            got = await reader.read()
+            writer.close()
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+        assert got == head + b"\r\nhi\n" + head + b"Connection: close\r\n\r\nhi\n"
+        stats = sup.children[0].stats
+        await eventually(lambda: stats.active == 0)
+        assert stats.total == 1
+        assert sum(stats.duration_counts) == 1
+
+
+def echo_config(policy: str) -> str:
+    return f"""
+servers:
+  - {{name: e, kind: protocol, handler: "tests.test_protocol:make_echo", port: 0, on_handler_error: {policy},
+      backoff: {{initial: 0}}}}
+"""
+
+
+async def test_a_callback_error_under_log_closes_that_connection_only(tmp_path: Path) -> None:
+    async with running(plan_from(tmp_path, echo_config("log"))) as sup:
+        port = port_of(sup, "e")
+        assert await talk(port, b"boom\n") == b""  # closed, no answer
+        assert await talk(port, b"who\n") == b"gen 1\n"  # same generation, still serving
+        assert sup.children[0].stats.handler_errors == 1
+
+
+async def test_a_callback_error_under_restart_restarts_the_server(tmp_path: Path) -> None:
+    async with running(plan_from(tmp_path, echo_config("restart"))) as sup:
+        port = port_of(sup, "e")
+        assert await talk(port, b"boom\n") == b""
+        await wait_state(sup, "e", ChildState.RUNNING, generation=2)
+        assert await talk(port, b"who\n") == b"gen 2\n"
+        assert sup.children[0].stats.handler_errors == 1
+
+
+GATED = """
+servers:
+  - {name: g, kind: protocol, handler: "tests.test_protocol:gated", port: 0, on_handler_error: restart,
+     backoff: {initial: 0}}
+"""
+
+
+async def test_clients_in_a_restart_gap_are_parked_then_served_by_the_next_generation(tmp_path: Path) -> None:
+    async with running(plan_from(tmp_path, GATED)) as sup:
+        port = port_of(sup, "g")
+        stats = sup.children[0].stats
+        GATE["g"] = asyncio.Event()
+        assert await talk(port, b"boom\n") == b""
+        await eventually(lambda: sup.snapshot().child("g").generation == 2)  # type: ignore[union-attr]
+        waiting = [asyncio.ensure_future(talk(port, b"who\n")) for _ in range(5)]
+        await eventually(lambda: stats.parked == 5)
+        assert not any(w.done() for w in waiting)
+        GATE["g"].set()
+        assert await asyncio.gather(*waiting) == [b"gen 2\n"] * 5  # none refused, none dropped
+
+
+async def test_the_drain_calls_drain_and_lets_an_in_flight_response_finish(tmp_path: Path) -> None:
+    config = HTTP.replace("port: 0,", "port: 0, shutdown_timeout: 5s,")
+    async with asyncio.timeout(DEADLINE):
+        async with running(plan_from(tmp_path, config)) as sup:
+            port = port_of(sup, "web")
+            idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+            busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+            busy_w.write(b"GET /sleep?s=0.3 HTTP/1.1\r\n\r\n")
+            await busy_w.drain()
+            await eventually(lambda: sup.children[0].stats.active == 2)
+        # the shutdown drained: the idle connection was closed at once, the busy one got its answer, then closed
+        assert await idle_r.read() == b""
+        answer = await busy_r.read()
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        assert answer.endswith(b"slept 0.3\n")
+        assert b"Connection: close" in answer
+        idle_w.close()
+        busy_w.close()
+
+
+async def test_the_drain_deadline_aborts_what_is_left(tmp_path: Path) -> None:
+    config = HTTP.replace("port: 0,", "port: 0, shutdown_timeout: 0.2s,")
+    async with asyncio.timeout(DEADLINE):
+        async with running(plan_from(tmp_path, config)) as sup:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(sup, "web"))
+            writer.write(b"GET /sleep?s=30 HTTP/1.1\r\n\r\n")
+            await writer.drain()
+            stats = sup.children[0].stats
+            await eventually(lambda: stats.active == 1)
+        assert stats.drain_cancelled == 1
+        assert stats.active == 0
+        with contextlib.suppress(ConnectionError):
+            assert await reader.read() == b""
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ('{name: a, kind: bogus, handler: "tests.test_protocol:Echo", port: 0}', "servers[0].kind: expected one of"),
+        ('{name: a, kind: protocol, handler: "supervisor.handlers.echo:handle", port: 0}', "not usable with kind"),
+        ('{name: a, handler: "tests.test_protocol:Echo", port: 0}', "add 'kind: protocol'"),
+        ('{name: a, kind: protocol, handler: "tests.test_protocol:Echo", port: 0, read_limit: 4KiB}',
+         "servers[0].read_limit: 'read_limit' applies to kind stream only"),
+        ('{name: a, kind: protocol, handler: "tests.test_protocol:Echo", port: 0, options: {x: 1}}',
+         "is a Protocol class and takes no options"),
+    ],
+)  # fmt: skip
+def test_config_errors_are_located(tmp_path: Path, server: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        plan_from(tmp_path, f"servers:\n  - {server}\n")
+    assert expected in str(err.value)
+    assert re.search(r"\.yaml:\d+: servers\[0\]\.(kind|handler|read_limit|options): ", str(err.value))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.e2e
+def test_sigterm_lets_an_in_flight_protocol_response_finish_then_exits_0(tmp_path: Path, loop: str) -> None:
+    config = write_config(
+        tmp_path,
+        f"""
+        supervisor: {{loop: {loop}}}
+        metrics: {{enabled: false}}
+        console: {{enabled: false}}
+        servers:
+          - {{name: web, kind: protocol, handler: "supervisor.handlers.http_protocol:make", port: 0}}
+        """,
+    )
+    with SupervisorProcess(config) as sp:
+        port = sp.ready()["web"]
+        idle = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        busy = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        # one segment, two requests: the first answer proves the server read both, so /sleep is in flight
+        busy.sendall(b"GET / HTTP/1.1\r\n\r\nGET /sleep?s=0.5 HTTP/1.1\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"hello\n"):
+            answer += busy.recv(4096)
+        sp.signal(signal.SIGTERM)
+        answer = b""
+        while chunk := busy.recv(4096):
+            answer += chunk
+        assert sp.wait() == 0
+        assert answer.endswith(b"slept 0.5\n")
+        assert idle.recv(1) == b""  # the idle keep-alive client was closed at the drain, it did not hold the exit
+        idle.close()
+        busy.close()
+    assert "Traceback" not in sp.output
