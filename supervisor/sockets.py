@@ -5,6 +5,7 @@ and the unix files stay the parent's to remove."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -22,6 +23,30 @@ def inherit(fds: dict[str, int]) -> None:
     _INHERITED.update(fds)
 
 
+class TakeOne(socket.socket):
+    """A worker's copy of a shared listening socket that accepts one connection per event loop iteration.
+
+    asyncio's accept loop takes up to ``backlog`` connections per wake-up: the first worker awake took every one
+    of wrk's 32 keep-alive connections and the other worker idled (measured: workers 2 vs 1 on a CPU-bound
+    handler 1.02x in two rounds of three). Refusing the second accept of an iteration (EAGAIN: asyncio waits for
+    the next readiness) lets every worker's loop compete for each connection. uvloop accepts in libuv, which
+    does the same under UV_TCP_SINGLE_ACCEPT=1 (worker_process.py sets it).
+    """
+
+    _taken = False
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self._taken:
+            raise BlockingIOError(errno.EAGAIN, "one accept per loop iteration (workers share this socket)")
+        conn = super().accept()
+        self._taken = True
+        asyncio.get_running_loop().call_soon(self._again)
+        return conn
+
+    def _again(self) -> None:
+        self._taken = False
+
+
 def shared() -> bool:
     """This process is one of several accepting on each socket (a worker): the socket outlives its drain."""
     return bool(_INHERITED)
@@ -31,7 +56,7 @@ def bind(plan: ServerPlan) -> socket.socket:
     """A listening, non-blocking socket for ``plan``. OSError names the address and what went wrong."""
     if (fd := _INHERITED.get(plan.name)) is not None:
         # a copy: closing it (a stop, this worker's shutdown) leaves the parent's, and its accept queue, open
-        sock = socket.socket(fileno=os.dup(fd))
+        sock = TakeOne(fileno=os.dup(fd))
         sock.setblocking(False)
         return sock
     try:

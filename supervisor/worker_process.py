@@ -61,6 +61,7 @@ class WorkerProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = {name: s.fileno() for name, s in sockets.items()}
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # sd_notify is the parent's alone
+        env.setdefault("UV_TCP_SINGLE_ACCEPT", "1")  # libuv (uvloop): one accept per wake-up, see sockets.TakeOne
         env[ENV] = json.dumps({"slot": self.slot, "channel": theirs.fileno(), "sockets": fds})
         try:
             self._proc = await asyncio.create_subprocess_exec(
