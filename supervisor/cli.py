@@ -123,7 +123,7 @@ async def _serve(plan: Plan) -> None:
     if plan.supervisor.workers > 1:  # this process binds the sockets and keeps the worker processes serving them
         from supervisor.workers import run_parent
 
-        await run_parent(plan, enabled_views(plan), logs.settings())
+        await run_parent(plan, enabled_views(plan))
         return
     from supervisor.app import run_plan
 

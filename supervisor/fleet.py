@@ -21,7 +21,7 @@ from supervisor import wire
 from supervisor.address import Address
 from supervisor.commands import Command, Result, combine
 from supervisor.loopguard import LoopGuard
-from supervisor.plan import Plan
+from supervisor.plan import Plan, ServerPlan
 from supervisor.state import (
     ChildState,
     ChildStatus,
@@ -45,6 +45,11 @@ class Slot:
     restarts: int = 0
     last_exit: str = ""
     started_at: float | None = None  # loop time its current process became ready
+
+    def swap(self, process: WorkerProcess) -> WorkerProcess | None:
+        """``process`` serves in this slot from now on; the one it replaces (the keeper watches the new one)."""
+        old, self.process = self.process, process
+        return old
 
     def status(self) -> WorkerStatus:
         pid = self.process.pid if self.process else 0
@@ -109,9 +114,8 @@ class Fleet:
         return combine([Result(r.ok, f"worker {n}: {r.text}") for (n, _), r in zip(serving, steps, strict=True)])
 
     def processes(self) -> list[WorkerProcess]:
-        """Every live worker process: the slots' and the retiring ones'."""
-        live = [s.process for s in self.slots if s.process is not None and not s.process.exited.done()]
-        return live + [p for p in self.retiring if not p.exited.done()]
+        """Every live worker process: the slots', the retiring ones', and one a reload is starting."""
+        return [p for p in self._counted if not p.exited.done()]
 
     def count(self, process: WorkerProcess) -> None:
         """Count ``process``'s reports from now on, until :meth:`bury`."""
@@ -130,24 +134,29 @@ class Fleet:
 
     def _build(self) -> TreeSnapshot:
         serving = [s.process for s in self.slots if s.process is not None and s.state is WorkerState.RUNNING]
-        children = tuple(self._merged(p.name, serving) for p in self.plan.servers)
+        per_server: dict[str, list[ChildStatus]] = {}
+        for process in serving:
+            for c in process.children:
+                per_server.setdefault(c.name, []).append(c)
+        children = tuple(self._merged(p, per_server.get(p.name, [])) for p in self.plan.servers)
         started = self.ready.done() and not self.ready.cancelled()
         workers = tuple(s.status() for s in self.slots)
         return TreeSnapshot(children, started, self.shutting_down, self.config, workers)
 
-    def _merged(self, name: str, serving: list[WorkerProcess]) -> ChildStatus:
-        mine = [c for p in serving for c in p.children if c.name == name]
-        address = str(self.addresses.get(name, ""))
-        plan = next(p for p in self.plan.servers if p.name == name)
+    def _merged(self, plan: ServerPlan, mine: list[ChildStatus]) -> ChildStatus:
+        """Running if it runs in any serving worker (those accept its connections; a worker where it is down has
+        closed its copy of the socket); else the state an operator must hear about first."""
+        address = str(self.addresses.get(plan.name, ""))
         if not mine:
-            return ChildStatus(name, ChildState.STARTING, address, plan.restart, None, 0, 0, "")
+            return ChildStatus(plan.name, ChildState.STARTING, address, plan.restart, None, 0, 0, "")
         states = {c.state for c in mine}
-        state = ChildState.RUNNING if states == {ChildState.RUNNING} else min(states - {ChildState.RUNNING}, key=_rank)
+        state = ChildState.RUNNING if ChildState.RUNNING in states else min(states, key=_rank)
         started = [c.started_at for c in mine if c.started_at is not None]
         errors = [c.last_error for c in mine if c.last_error]
         return ChildStatus(
-            name, state, address, plan.restart, min(started) if started else None, max(c.generation for c in mine),
-            sum(c.restarts for c in mine), errors[-1] if errors else "", wanted=any(c.wanted for c in mine),
+            plan.name, state, address, plan.restart, min(started) if started else None,
+            max(c.generation for c in mine), sum(c.restarts for c in mine), errors[-1] if errors else "",
+            wanted=any(c.wanted for c in mine),
         )  # fmt: skip
 
 

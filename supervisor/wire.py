@@ -14,6 +14,7 @@ import dataclasses
 import json
 import socket
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 from supervisor.commands import Result
@@ -67,6 +68,22 @@ def result_from_wire(data: dict[str, Any]) -> Result:
     return Result(bool(data["ok"]), str(data["text"]), bool(data.get("invalid", False)))
 
 
+async def within(awaitable: Awaitable[object], timeout: float) -> bool:
+    """True if ``awaitable`` finished within ``timeout`` seconds (else it is cancelled; shield a future you keep).
+
+    Not asyncio.wait_for: on 3.11 it swallows a cancellation that arrives as the awaited thing completes (CPython
+    gh-86296, fixed by 3.12's rewrite) -- seen here as a worker that never exited: its report loop, cancelled at
+    the end of its shutdown just as the shutdown published a change, went on waiting, and so did the view.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait([task], timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+    return bool(done)
+
+
 class Channel:
     """One end of the pair: send() queues a line (never waits), receive() reads the next message or None at EOF."""
 
@@ -90,12 +107,10 @@ class Channel:
     async def receive(self) -> dict[str, Any] | None:
         try:
             line = await self._reader.readline()
-        except (ConnectionError, ValueError):  # reset, or a line over LINE_LIMIT
+            message = json.loads(line) if line.endswith(b"\n") else None
+        except (ConnectionError, ValueError):  # reset, a line over LINE_LIMIT, not JSON
             return None
-        if not line.endswith(b"\n"):
-            return None
-        message: dict[str, Any] = json.loads(line)
-        return message
+        return message if isinstance(message, dict) else None
 
     def close(self) -> None:
         self._writer.close()

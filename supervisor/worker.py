@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -26,7 +28,8 @@ from supervisor.plan import Plan
 from supervisor.planfile import plan_from_text
 from supervisor.tree import TreeView, View
 
-ENV = "SUPERVISOR_WORKER"  # {"slot": N, "channel": fd, "sockets": {server: fd}}: set by the parent only
+ENV = "SUPERVISOR_WORKER"  # {"slot": N, "channel": fd, "sockets": {server: fd}, "parent": pid}: the parent sets it
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 EXIT_CONFIG = 2  # its config did not load (the problems were sent to the parent)
 LOGGER = logging.getLogger("supervisor")
 
@@ -38,8 +41,12 @@ def main() -> int:
         return EXIT_CONFIG
     spec = json.loads(raw)
     slot = int(spec["slot"])
+    _follow_parent(int(spec["parent"]))
+    fds = {name: int(fd) for name, fd in spec["sockets"].items()}
+    for fd in (int(spec["channel"]), *fds.values()):
+        os.set_inheritable(fd, False)  # a handler's own subprocess must not hold the ports or the link
     link = socket.socket(fileno=int(spec["channel"]))
-    sockets.inherit({name: int(fd) for name, fd in spec["sockets"].items()})
+    sockets.inherit(fds)
     first = wire.read_first(link)
     logs.setup(first["log_level"], first["log_format"], worker=slot)
     try:
@@ -52,6 +59,16 @@ def main() -> int:
 
     LOGGER.info("worker %d (pid %d) serving %d server(s) on its parent's sockets", slot, os.getpid(), len(plan.servers))
     return cli.run(plan, run_plan(plan, (linked(link),), on_hup_reload=False))
+
+
+def _follow_parent(parent: int) -> None:
+    """SIGTERM (an ordered drain) when the parent dies, even if it never closed the link: Linux's parent-death
+    signal; the link's end of file does the same on any system, if this loop still runs."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above
+        raise SystemExit("supervisor.worker: its parent is gone before it started")
 
 
 def linked(sock: socket.socket) -> View:
@@ -75,7 +92,7 @@ async def _link(sock: socket.socket, tree: TreeView) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
         reporter.send()  # the final counters: the parent keeps them as this worker's totals
         with contextlib.suppress(ConnectionError):
-            await asyncio.wait_for(channel.flush(), 1.0)
+            await wire.within(channel.flush(), 1.0)
         channel.close()
 
 
@@ -108,8 +125,7 @@ class Reporter:
         while True:
             self.send()
             await self._channel.flush()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tree.changed(), wire.STATE_INTERVAL)
+            await wire.within(tree.changed(), wire.STATE_INTERVAL)
 
 
 async def _obey(channel: wire.Channel, tree: TreeView) -> None:

@@ -10,6 +10,7 @@ import random
 import signal
 from typing import TYPE_CHECKING
 
+from supervisor import wire
 from supervisor.fleet import Fleet, Slot
 from supervisor.restart import Backoff
 from supervisor.spec import BackoffSpec
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger("supervisor")
 
+READY_SLACK = 10.0  # beyond the slowest server's start_timeout: the worker's interpreter start and imports
 HANG_FLOOR = 5.0  # seconds: a worker is never taken for hung sooner
 HANG_CHECK = 1.0  # how often a ready worker's silence is checked
 WORKER_BACKOFF = BackoffSpec()  # between deaths of one slot's workers: 0.1 s doubling up to 5 s, with jitter
@@ -34,9 +36,15 @@ async def keep(parent: Parent, slot: Slot) -> None:
         try:
             if slot.process is None or slot.process.exited.done():  # else a reload started one meanwhile
                 slot.state, slot.started_at = WorkerState.STARTING, None
-                slot.process = await parent.spawn(slot.number, parent.config, parent.plan)
+                spawned = await parent.spawn(slot.number, parent.config, parent.plan)
+                if slot.process is not None and not slot.process.exited.done():  # a reload's, ready meanwhile
+                    spawned.signal(signal.SIGTERM)
+                else:
+                    slot.swap(spawned)
         except OSError as exc:  # fork failed (out of memory, process limit)
             slot.last_exit = f"could not start: {exc}"
+            if parent.stopped():
+                return
         else:
             parent.fleet.publish()
             await _serve(parent, slot)
@@ -62,7 +70,11 @@ async def _serve(parent: Parent, slot: Slot) -> None:
     fleet = parent.fleet
     while (process := slot.process) is not None:
         if not process.ready.done():
-            await process.settled()
+            # a worker whose loop blocks while it starts never times its own start out
+            if not await wire.within(process.settled(), start_bound(parent)):
+                LOGGER.error("worker %d (pid %d) was not ready within %gs: killing it", slot.number, process.pid,
+                             start_bound(parent))  # fmt: skip
+                process.signal(signal.SIGKILL)
             if process.ready.done() and not process.ready.exception() and slot.process is process:
                 slot.state, slot.started_at = WorkerState.RUNNING, asyncio.get_running_loop().time()
                 LOGGER.info("worker %d (pid %d) ready", slot.number, process.pid)
@@ -79,6 +91,11 @@ async def _serve(parent: Parent, slot: Slot) -> None:
         return
 
 
+def start_bound(parent: Parent) -> float:
+    """How long a new worker may take to be ready: its slowest server's start_timeout, plus its start-up."""
+    return max((s.start_timeout for s in parent.plan.servers), default=0.0) + READY_SLACK
+
+
 def hang_after(max_loop_lag: float) -> float:
     """A worker silent this long has its event loop blocked (it reports every 0.5 s): it is killed and replaced."""
     return max(HANG_FLOOR, 2 * max_loop_lag)
@@ -89,16 +106,15 @@ async def _exit_of(process: WorkerProcess, hang: float) -> int:
     timeout: a handler blocking its loop for good would otherwise hold the connections it accepted for ever)."""
     loop = asyncio.get_running_loop()
     while True:
-        try:
-            return await asyncio.wait_for(asyncio.shield(process.exited), HANG_CHECK)
-        except TimeoutError:
-            silent = loop.time() - process.reported_at
-            if silent > hang:
-                LOGGER.error(
-                    "worker %d (pid %d) sent nothing for %.1fs: its event loop is blocked; killing it",
-                    process.slot, process.pid, silent,
-                )  # fmt: skip
-                process.signal(signal.SIGKILL)
+        if await wire.within(asyncio.shield(process.exited), HANG_CHECK):
+            return process.exited.result()
+        silent = loop.time() - process.reported_at
+        if silent > hang:
+            LOGGER.error(
+                "worker %d (pid %d) sent nothing for %.1fs: its event loop is blocked; killing it",
+                process.slot, process.pid, silent,
+            )  # fmt: skip
+            process.signal(signal.SIGKILL)
 
 
 def _maybe_ready(fleet: Fleet) -> None:

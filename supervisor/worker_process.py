@@ -24,6 +24,7 @@ from supervisor.worker import ENV
 
 LOGGER = logging.getLogger("supervisor")
 
+EXIT_GRACE = 2.0  # beyond a worker's own shutdown bound: its interpreter's exit, before it is killed
 COMMAND_TIMEOUT = 30.0  # a worker's answer to restart/stop/start: its own control timeout is 10 s
 
 
@@ -46,6 +47,7 @@ class WorkerProcess:
         self.lag = 0.0
         self.blocked = False
         self.problems: list[str] = []  # its config did not load (then it exits 2)
+        self.terminating = False  # sent SIGTERM once (draining): a second one would cut its drain
         self.reported_at = 0.0  # loop time of its last state message (one every wire.STATE_INTERVAL at least)
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()  # its tree serves: resolved once
@@ -62,12 +64,15 @@ class WorkerProcess:
         fds = {name: s.fileno() for name, s in sockets.items()}
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # sd_notify is the parent's alone
         env.setdefault("UV_TCP_SINGLE_ACCEPT", "1")  # libuv (uvloop): one accept per wake-up, see sockets.TakeOne
-        env[ENV] = json.dumps({"slot": self.slot, "channel": theirs.fileno(), "sockets": fds})
+        env[ENV] = json.dumps({"slot": self.slot, "channel": theirs.fileno(), "sockets": fds, "parent": os.getpid()})
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "supervisor.worker", pass_fds=(theirs.fileno(), *fds.values()), env=env,
                 stdin=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C reaches the parent; it stops the workers
             )  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self.pid = self._proc.pid
@@ -80,10 +85,14 @@ class WorkerProcess:
 
     async def _wait(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
-        for task in self._tasks:  # the link's reader has read all there was by now or never will
-            if task is not asyncio.current_task():
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(task), 1.0)
+        try:
+            others = [t for t in self._tasks if t is not asyncio.current_task()]
+            if others:  # the link's reader has read all there was by now or never will
+                await asyncio.wait(others, timeout=1.0)
+        finally:
+            self._ended(code)
+
+    def _ended(self, code: int) -> None:
         if self._channel is not None:
             self._channel.close()
         for answer in self._answers.values():
@@ -96,13 +105,22 @@ class WorkerProcess:
 
     async def _read(self, channel: wire.Channel) -> None:
         while (message := await channel.receive()) is not None:
-            kind = message.get("t")
-            if kind == "state":
-                self._state(message)
-            elif kind == "result" and (answer := self._answers.pop(message["id"], None)) and not answer.done():
-                answer.set_result(wire.result_from_wire(message))
-            elif kind == "problems":
-                self.problems = list(message["problems"])
+            try:
+                self._take(message)
+            except (KeyError, TypeError, ValueError) as exc:  # another version's worker (an upgrade, then a reload)
+                LOGGER.error("worker %d (pid %d): a message this supervisor cannot read (%r): killing it; restart "
+                             "the supervisor after an upgrade", self.slot, self.pid, exc)  # fmt: skip
+                self.signal(signal.SIGKILL)
+                return
+
+    def _take(self, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        if kind == "state":
+            self._state(message)
+        elif kind == "result" and (answer := self._answers.pop(message["id"], None)) and not answer.done():
+            answer.set_result(wire.result_from_wire(message))
+        elif kind == "problems":
+            self.problems = list(message["problems"])
 
     def _state(self, message: dict[str, Any]) -> None:
         self.reported_at = asyncio.get_running_loop().time()
@@ -136,6 +154,7 @@ class WorkerProcess:
 
     def signal(self, sig: signal.Signals) -> None:
         if self._proc is not None and not self.exited.done():
+            self.terminating = self.terminating or sig is signal.SIGTERM
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(sig)
 

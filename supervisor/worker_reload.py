@@ -9,14 +9,14 @@ ready, nothing has changed and the old workers serve on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import signal
+import socket
 import time
 from typing import TYPE_CHECKING
 
-from supervisor import sockets
+from supervisor import sockets, wire
 from supervisor.commands import Result
 from supervisor.config import read_config
 from supervisor.errors import ConfigError
@@ -24,14 +24,13 @@ from supervisor.fleet import Slot
 from supervisor.plan import Plan
 from supervisor.planfile import plan_from_text, problem_report
 from supervisor.state import WorkerState
-from supervisor.worker_process import ConfigText, WorkerProcess
+from supervisor.worker_keeper import READY_SLACK
+from supervisor.worker_process import EXIT_GRACE, ConfigText, WorkerProcess
 
 if TYPE_CHECKING:
     from supervisor.workers import Parent
 
 LOGGER = logging.getLogger("supervisor")
-
-READY_SLACK = 10.0  # beyond the slowest server's start_timeout: the new worker's interpreter start and imports
 
 
 async def roll(parent: Parent, trigger: str) -> Result:
@@ -43,14 +42,18 @@ async def roll(parent: Parent, trigger: str) -> Result:
     try:
         result = await _roll(parent, path)
     except asyncio.CancelledError:
-        fleet.config = dataclasses.replace(fleet.config, reloading=False)
         raise
+    except Exception as exc:
+        LOGGER.exception("reload (%s) failed", trigger)
+        result = Result(False, f"reload failed: {type(exc).__name__}: {exc}")
+    finally:
+        fleet.config = dataclasses.replace(fleet.config, reloading=False)
     outcome = "success" if result.ok else "invalid" if result.invalid else "failure"
     config = fleet.config.count(outcome)
     if result.ok:
         config = dataclasses.replace(config, source=path, digest=parent.config.digest, loaded_at=time.time(),
-                                     last_reload_ok=True, last_success_at=time.time())  # fmt: skip
-    fleet.config = dataclasses.replace(config, reloading=False, last_reload_ok=result.ok)
+                                     last_success_at=time.time())  # fmt: skip
+    fleet.config = dataclasses.replace(config, last_reload_ok=result.ok)
     fleet.publish()
     (LOGGER.info if result.ok else LOGGER.error)("%s", result.text)
     return result
@@ -65,76 +68,83 @@ async def _roll(parent: Parent, path: str) -> Result:
             LOGGER.error("%s", line)
         return Result(False, f"reload refused: {len(exc.problems)} problem(s) in {path}; see the log", invalid=True)
     try:
-        added = _bind_new(parent, plan)
+        pending = _bind_new(parent, plan)
     except OSError as exc:
         return Result(False, f"reload failed: {exc.strerror}; the running config is unchanged")
     config = ConfigText(path, text, digest)
-    fleet = parent.fleet
-    slots = fleet.slots[: plan.supervisor.workers]
-    for n, slot in enumerate(slots):
-        if (failure := await _replace(parent, slot, config, plan)) is not None:
+    slots = parent.fleet.slots[: plan.supervisor.workers]
+    behind: list[int] = []  # slots whose new worker failed after the canary's success
+    try:
+        for n, slot in enumerate(slots):
+            if (failure := await _replace(parent, slot, config, plan, pending)) is None:
+                if n == 0:  # the canary serves the new config: from here on it is the config
+                    _adopt(parent, plan, config, pending)
+                continue
             if n == 0:  # the canary: nothing has changed
-                parent.close_sockets(added)
                 return Result(False, f"reload failed: {failure}; the old workers serve on, unchanged",
                               invalid=failure.startswith("the new worker's config"))  # fmt: skip
-            LOGGER.error("reload: worker %d: %s; its slot restarts it with the new config", slot.number, failure)
-        if n == 0:  # the canary serves the new config: from here on it is the config
-            _adopt(parent, plan, config)
+            LOGGER.error("reload: worker %d: %s; stopping its old worker: its slot starts the new config", slot.number,
+                         failure)  # fmt: skip
+            behind.append(slot.number)
+            if slot.process is not None and not slot.process.exited.done():
+                await _retire(parent, slot.process, plan)
+    finally:
+        for sock, ours in pending.values():  # not adopted (the canary failed, or the reload was cut): closed again
+            sockets.remove_file(sock.getsockname() if sock.family == socket.AF_UNIX else "", ours)
+            sock.close()
     await _resize(parent, plan)
     parent.close_sockets([name for name in parent.sockets if name not in {s.name for s in plan.servers}])
-    n = len(slots)
-    return Result(True, f"reload applied: {n} worker(s) replaced one at a time, each new one ready before the old "
-                        f"one stopped (config {digest[:12]}, handler code imported afresh)")  # fmt: skip
+    if behind:
+        return Result(False, f"reload applied by the canary, but worker(s) {behind} failed to start it and are being "
+                             "replaced by their slots with the new config; see the log")  # fmt: skip
+    return Result(True, f"reload applied: {len(slots)} worker(s) replaced one at a time, each new one ready before "
+                        f"the old one stopped (config {digest[:12]}, handler code imported afresh)")  # fmt: skip
 
 
-def _bind_new(parent: Parent, plan: Plan) -> list[str]:
-    """Bind what the new plan listens on and the parent does not yet; the old socket of a moved server is kept
-    as ``NAME@old`` until the old workers are gone. Any failure: what was bound here is closed again."""
+Pending = dict[str, tuple[socket.socket, "tuple[int, int] | None"]]
+
+
+def _bind_new(parent: Parent, plan: Plan) -> Pending:
+    """Bind what the new plan listens on and the parent does not (added or moved servers), beside the running
+    sockets: only the new workers get them, and only an adopted reload makes them the parent's."""
     old = {s.name: s for s in parent.plan.servers}
-    added: list[str] = []
+    pending: Pending = {}
     try:
         for server in plan.servers:
             before = old.get(server.name)
-            if before is not None and before.address == server.address:
-                sock = parent.sockets[server.name]
-                if server.backlog != before.backlog:
-                    sock.listen(server.backlog)
-                continue
-            fresh = sockets.bind(server)
-            if server.name in parent.sockets:
-                parent.sockets[f"{server.name}@old"] = parent.sockets.pop(server.name)
-            parent.adopt_socket(server.name, fresh)
-            added.append(server.name)
+            if before is None or before.address != server.address:
+                sock = sockets.bind(server)
+                pending[server.name] = (sock, sockets.identity(sock))
     except OSError:
-        for name in added:
-            parent.close_sockets([name])
-            if (kept := parent.sockets.pop(f"{name}@old", None)) is not None:
-                parent.sockets[name] = kept
+        for sock, ours in pending.values():
+            sockets.remove_file(sock.getsockname() if sock.family == socket.AF_UNIX else "", ours)
+            sock.close()
         raise
-    return added
+    return pending
 
 
-async def _replace(parent: Parent, slot: Slot, config: ConfigText, plan: Plan) -> str | None:
+async def _replace(parent: Parent, slot: Slot, config: ConfigText, plan: Plan, pending: Pending) -> str | None:
     """Start slot's successor; once it is ready, retire the old one (stop accepting, drain). None, or why not."""
     fleet = parent.fleet
-    new = await parent.spawn(slot.number, config, plan)
-    bound = max((s.start_timeout for s in plan.servers), default=0.0) + READY_SLACK
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(new.settled(), bound)
-    if not new.ready.done() or new.ready.exception() is not None:
+    new = await parent.spawn(slot.number, config, plan, {name: sock for name, (sock, _) in pending.items()})
+    bound = max((s.start_timeout for s in plan.servers), default=0.0) + READY_SLACK  # the new plan's
+    try:
+        await wire.within(new.settled(), bound)
+    except asyncio.CancelledError:  # a shutdown: the new worker goes with the others
         new.signal(signal.SIGKILL)
-        await asyncio.shield(new.exited)
-        fleet.bury(new)
+        raise
+    if not new.ready.done() or new.ready.exception() is not None:
+        await _retire(parent, new, plan)  # it may serve some servers already: they drain, bounded
         if new.problems:
             for problem in new.problems:
                 LOGGER.error("reload: %s", problem)
             shown = "; ".join(new.problems[:3]) + ("; ..." if len(new.problems) > 3 else "")
             return f"the new worker's config has {len(new.problems)} problem(s): {shown}"
-        if new.exited.done():
+        if new.exited.done() and new.exited.result() != 0:
             return f"the new worker ended before it was ready: {new.exit_reason(new.exited.result())}"
         return f"the new worker was not ready within {bound:g}s"
-    old = slot.process  # the one serving now (its keeper may have replaced a dead one meanwhile)
-    slot.process, slot.state, slot.started_at = new, WorkerState.RUNNING, asyncio.get_running_loop().time()
+    old = slot.swap(new)  # the one serving now (its keeper may have replaced a dead one meanwhile)
+    slot.state, slot.started_at = WorkerState.RUNNING, asyncio.get_running_loop().time()
     LOGGER.info("reload: worker %d (pid %d) ready; stopping its predecessor (pid %d)", slot.number, new.pid,
                 old.pid if old else 0)  # fmt: skip
     fleet.publish()
@@ -147,10 +157,8 @@ async def _retire(parent: Parent, old: WorkerProcess, plan: Plan) -> None:
     fleet = parent.fleet
     fleet.retiring.append(old)
     old.signal(signal.SIGTERM)
-    bound = plan.supervisor.shutdown_timeout + 2.0
-    try:
-        await asyncio.wait_for(asyncio.shield(old.exited), bound)
-    except TimeoutError:
+    bound = plan.supervisor.shutdown_timeout + EXIT_GRACE
+    if not await wire.within(asyncio.shield(old.exited), bound):
         old.signal(signal.SIGKILL)
         await asyncio.shield(old.exited)
     fleet.retiring.remove(old)
@@ -158,7 +166,18 @@ async def _retire(parent: Parent, old: WorkerProcess, plan: Plan) -> None:
     fleet.publish()
 
 
-def _adopt(parent: Parent, plan: Plan, config: ConfigText) -> None:
+def _adopt(parent: Parent, plan: Plan, config: ConfigText, pending: Pending) -> None:
+    """The canary serves ``plan``: it is the parent's now. A moved server's old socket stays open (as NAME@old)
+    until the old workers are gone."""
+    backlogs = {s.name: s.backlog for s in parent.plan.servers}
+    for server in plan.servers:
+        if server.name not in pending and backlogs.get(server.name, server.backlog) != server.backlog:
+            parent.sockets[server.name].listen(server.backlog)  # Linux resizes a listening queue in place
+    for name, (sock, _) in list(pending.items()):
+        if name in parent.sockets:
+            parent.sockets[f"{name}@old"] = parent.sockets.pop(name)
+        parent.adopt_socket(name, sock)
+        del pending[name]
     parent.plan, parent.config = plan, config
     fleet = parent.fleet
     fleet.plan = plan

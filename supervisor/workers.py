@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 
-from supervisor import sockets
+from supervisor import sockets, wire
 from supervisor.commands import Command, Result
 from supervisor.config import read_config
 from supervisor.errors import GaveUp, SupervisorError
@@ -26,14 +26,12 @@ from supervisor.state import WorkerState
 from supervisor.status import status_table
 from supervisor.tree import View
 from supervisor.worker_keeper import keep
-from supervisor.worker_process import ConfigText, WorkerProcess
+from supervisor.worker_process import EXIT_GRACE, ConfigText, WorkerProcess
 
 LOGGER = logging.getLogger("supervisor")
 
-EXIT_GRACE = 2.0  # beyond a worker's own shutdown bound: its interpreter's exit, before it is killed
 
-
-async def run_parent(plan: Plan, views: tuple[View, ...], _settings: tuple[str, str] = ("INFO", "text")) -> None:
+async def run_parent(plan: Plan, views: tuple[View, ...]) -> None:
     """Serve ``plan`` with its worker processes until SIGTERM/SIGINT or too many deaths (raises GaveUp)."""
     parent = Parent(plan, _config_text(plan))
     try:
@@ -142,11 +140,15 @@ class Parent:
     def keep(self, slot: Slot) -> None:
         self._keepers[slot.number] = asyncio.create_task(keep(self, slot), name=f"worker-{slot.number}")
 
-    async def spawn(self, slot_number: int, config: ConfigText, plan: Plan) -> WorkerProcess:
+    async def spawn(
+        self, slot_number: int, config: ConfigText, plan: Plan, pending: dict[str, socket.socket] | None = None
+    ) -> WorkerProcess:
+        """A worker for ``plan`` on the parent's sockets (and a reload's ``pending`` ones, bound for it)."""
         process = WorkerProcess(slot_number, config, self.fleet.publish)
         self.fleet.count(process)
+        mine = {**self.sockets, **(pending or {})}
         try:
-            await process.start({s.name: self.sockets[s.name] for s in plan.servers})
+            await process.start({s.name: mine[s.name] for s in plan.servers})
         except BaseException:
             self.fleet.bury(process)
             raise
@@ -154,16 +156,17 @@ class Parent:
 
     async def wait_stop(self, timeout: float) -> None:
         """Return after ``timeout`` seconds, or at once when the shutdown begins."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout)
+        await wire.within(self._stop.wait(), timeout)
 
     def record_death(self) -> bool:
         """Count one worker death; False once there were more than max_restarts within restart_window."""
         return self._intensity.record()
 
     def give_up(self, why: str) -> None:
+        """Shut down in order and exit 1; never a second stop request (that would cut the drains)."""
         self._gave_up = self._gave_up or why
-        self.request_stop("gave up")
+        if not self.stopping:
+            self.request_stop("gave up")
 
     async def _shutdown(self) -> None:
         """Every worker drains at once, within its own bound; a second stop request cuts them (request_stop)."""
@@ -179,7 +182,8 @@ class Parent:
         fleet.publish()
         processes = fleet.processes()
         for process in processes:
-            process.signal(signal.SIGTERM)
+            if not process.terminating:  # a reload's retiring worker drains already: a second TERM would cut it
+                process.signal(signal.SIGTERM)
         exits = [p.exited for p in processes]
         if exits:
             every = asyncio.ensure_future(_every(exits))

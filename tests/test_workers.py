@@ -380,3 +380,58 @@ def test_a_worker_whose_loop_is_blocked_is_killed_and_replaced(tmp_path: Path) -
         blocker.close()
         sp.signal(signal.SIGTERM)
         assert sp.wait(30) == 0
+
+
+def _pids_started(sp: SupervisorProcess) -> list[int]:
+    return [int(p) for p in re.findall(r"worker \d+ \(pid (\d+)\) serving", sp.output)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_failed_canary_with_a_moved_server_changes_nothing(tmp_path: Path) -> None:
+    _write_handler(tmp_path, "v1")
+    old_port, new_port = free_port(), free_port()
+    moved = f"""
+        supervisor: {{workers: 2}}
+        metrics: {{enabled: false}}
+        console: {{port: {free_port()}}}
+        servers:
+          - {{name: ver, handler: "HANDLER", port: PORT}}
+        """
+    config = write_config(tmp_path, moved.replace("HANDLER", "ver:handle").replace("PORT", str(old_port)))
+    console = int(re.search(r"console: \{port: (\d+)\}", config.read_text())[1])  # type: ignore[index]
+    with SupervisorProcess(config) as sp:
+        sp.wait_for(READY)
+        write_config(tmp_path, moved.replace("HANDLER", "nosuch:handle").replace("PORT", str(new_port)))
+        failed = ctl("--port", str(console), "reload")
+        assert failed.returncode == 2, failed.stdout + failed.stderr
+        with pytest.raises(ConnectionRefusedError):
+            ask(new_port)  # the port the reload bound for its canary is closed again
+        victim = _worker_pids(sp)[1]
+        os.kill(victim, signal.SIGKILL)  # its replacement starts from the running config, on the running socket
+        sp.wait_for(rf"worker 1 \(pid (?!{victim})\d+\) ready")
+        assert ask(old_port).startswith("v1 ")
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+
+
+def test_sigterm_during_a_rolling_reload_stops_every_worker(tmp_path: Path) -> None:
+    _write_handler(tmp_path, "v1")
+    config = _tree(tmp_path, free_port(), free_port())
+    with SupervisorProcess(config) as sp:
+        sp.wait_for(READY)
+        slow = '  - {name: slow, handler: "tests.apps:sluggish", port: 0, options: {enter: 5}, start_timeout: 30s}\n'
+        config.write_text(config.read_text() + slow)
+        sp.signal(signal.SIGHUP)
+        sp.wait_for(r"worker 1 \(pid \d+\) serving 3 server")  # the canary, entering its slow lifespan
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+        pids = _pids_started(sp)
+    assert len(pids) == 3
+    until(lambda: not any(_alive(p) for p in pids), timeout=10, what=f"every worker of {pids} exited")
