@@ -171,6 +171,9 @@ class Reload:
         if d.supervisor:
             tree.retune(new.supervisor)
             self._say(f"supervisor: {', '.join(d.supervisor)} changed: applied from now on")
+        if "workers" in d.supervisor:  # one process cannot become a parent of workers in place
+            LOGGER.warning("reload: supervisor.workers changed to %d: it applies when the supervisor is restarted "
+                           "(this process serves on alone)", new.supervisor.workers)  # fmt: skip
         if d.views:
             LOGGER.warning(
                 "reload: %s changed: the metrics endpoint and the console keep their address until the supervisor "

@@ -210,7 +210,8 @@ async def test_a_give_up_during_a_shutdown_does_not_cut_the_drains(tmp_path: Pat
     with pytest.raises(GaveUp):
         async with asyncio.timeout(DEADLINE):
             await task
-    assert loop.time() - started >= 0.3  # b's connection got its budget: not a forced shutdown
+    # b's connection got its budget, not a forced shutdown (less 1 ms: uvloop's clock counts whole milliseconds)
+    assert loop.time() - started >= 0.3 - 0.001
     assert not sup._force.done()
     writer.close()
 

@@ -331,3 +331,14 @@ def test_the_diff_compares_what_the_user_wrote_not_the_start_order(tmp_path: Pat
     assert d.added == ("first",)
     assert d.supervisor == ("max_restarts",)
     assert diff(new.servers, new, old).removed == ("first",)
+
+
+async def test_a_changed_worker_count_waits_for_a_restart_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(plan_from(tmp_path, BASE)) as sup:
+        write_config_file(tmp_path, "supervisor: {workers: 3}\n" + BASE)
+        with caplog.at_level(logging.WARNING, "supervisor"):
+            assert (await sup.reload("test")).ok
+        assert "reload: supervisor.workers changed to 3: it applies when the supervisor is restarted (this process " \
+               "serves on alone)" in caplog.messages  # fmt: skip

@@ -85,9 +85,14 @@ async def test_idle_connections_do_not_hold_shutdown(tmp_path: Path) -> None:
         writer.close()
 
 
+CLOCK_SLACK = 0.001
+
+
 def assert_bound(elapsed: float, budget: float) -> None:
     """The drain used its budget, and not much more: cut at the bound, not merely "eventually"."""
-    assert budget <= elapsed < budget + MARGIN, f"took {elapsed:.3f}s for a {budget}s budget"
+    # CLOCK_SLACK: uvloop's loop.time() counts whole milliseconds (libuv's uv_now), so a timer due at the budget
+    # can read 0.39999...: seen once in a full run
+    assert budget - CLOCK_SLACK <= elapsed < budget + MARGIN, f"took {elapsed:.3f}s for a {budget}s budget"
 
 
 def cancelled_line(budget: str, peer: str = "127.0.0.1:") -> str:
