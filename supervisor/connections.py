@@ -70,11 +70,7 @@ class Connections:
         recheck = loop.call_later(FRESH_WINDOW, self.end_idle) if spare_fresh else None
         try:
             if self and not force.done():
-                empty = asyncio.ensure_future(self.empty.wait())
-                try:
-                    await asyncio.wait((empty, force), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    empty.cancel()
+                await until_empty(self.empty, force, budget)
         finally:
             if recheck is not None:
                 recheck.cancel()
@@ -100,3 +96,12 @@ class Connections:
 def _peer(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+async def until_empty(empty: asyncio.Event, force: asyncio.Future[None], budget: float) -> None:
+    """Wait until ``empty`` is set, ``force`` is done (a second stop request) or ``budget`` seconds passed."""
+    waiter = asyncio.ensure_future(empty.wait())
+    try:
+        await asyncio.wait((waiter, force), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()

@@ -63,7 +63,6 @@ class Fleet:
         self.plan = plan
         self.addresses = dict(addresses)  # server -> its bound address (the parent's sockets)
         self.slots = [Slot(n) for n in range(1, plan.supervisor.workers + 1)]
-        self.retiring: list[WorkerProcess] = []  # a rolling reload's old workers, draining
         self.ready: asyncio.Future[list[Address]] = loop.create_future()
         self.guard = FleetLag(self, LoopGuard(lambda fd: None, plan.supervisor.max_loop_lag))
         self.config = ConfigStatus(plan.source, plan.digest, time.time(), last_success_at=time.time())

@@ -24,6 +24,7 @@ import contextvars
 import importlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -78,39 +79,34 @@ def is_direct_handler(obj: object) -> bool:
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
-@contextlib.asynccontextmanager
-async def open_handler(target: object, direct: bool, options: Mapping[str, Any]) -> AsyncIterator[Handler]:
+def open_handler(target: object, direct: bool, options: Mapping[str, Any]) -> AbstractAsyncContextManager[Handler]:
     """Enter one generation's handler: call the factory and enter its lifespan, if any."""
-    if direct:
-        yield target  # type: ignore[misc]
-        return
-    made = target(options)  # type: ignore[operator]
-    if inspect.isawaitable(made):
-        made = await made
-    if hasattr(made, "__aenter__") and hasattr(made, "__aexit__"):
-        async with made as handler:
-            _check_handler(handler)
-            yield handler
-    else:
-        _check_handler(made)
-        yield made
+    return _open(target, direct, options, _check_handler)
+
+
+def open_protocol(
+    target: object, direct: bool, options: Mapping[str, Any]
+) -> AbstractAsyncContextManager[ProtocolFactory]:
+    """``kind: protocol``: the Protocol class itself, or what the factory made (or its lifespan yielded)."""
+    return _open(target, direct, options, _check_protocol_factory)
 
 
 @contextlib.asynccontextmanager
-async def open_protocol(target: object, direct: bool, options: Mapping[str, Any]) -> AsyncIterator[ProtocolFactory]:
-    """``kind: protocol``: the Protocol class itself, or what the factory made (or its lifespan yielded)."""
+async def _open(
+    target: object, direct: bool, options: Mapping[str, Any], check: Callable[[Any], None]
+) -> AsyncIterator[Any]:
     if direct:
-        yield target  # type: ignore[misc]
+        yield target
         return
     made = target(options)  # type: ignore[operator]
     if inspect.isawaitable(made):
         made = await made
     if hasattr(made, "__aenter__") and hasattr(made, "__aexit__"):
-        async with made as factory:
-            _check_protocol_factory(factory)
-            yield factory
+        async with made as entered:
+            check(entered)
+            yield entered
     else:
-        _check_protocol_factory(made)
+        check(made)
         yield made
 
 

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from supervisor.connections import CANCEL_GRACE
+from supervisor.connections import CANCEL_GRACE, until_empty
 from supervisor.errors import StopServer
 from supervisor.state import ServerStats
 from supervisor.throttle import folded
@@ -81,11 +81,7 @@ class ProtocolConnections:
                 self._stats.handler_errors += 1
                 transport.abort()  # type: ignore[attr-defined]
         if self and not force.done():
-            empty = asyncio.ensure_future(self.empty.wait())
-            try:
-                await asyncio.wait((empty, force), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                empty.cancel()
+            await until_empty(self.empty, force, budget)
         if self:
             why = "skipped (second stop request)" if force.done() else f"budget {budget:.1f}s used up"
             LOGGER.warning(

@@ -155,13 +155,11 @@ async def _replace(parent: Parent, slot: Slot, config: ConfigText, plan: Plan, p
 
 async def _retire(parent: Parent, old: WorkerProcess, plan: Plan) -> None:
     fleet = parent.fleet
-    fleet.retiring.append(old)
     old.signal(signal.SIGTERM)
     bound = plan.supervisor.shutdown_timeout + EXIT_GRACE
     if not await wire.within(asyncio.shield(old.exited), bound):
         old.signal(signal.SIGKILL)
         await asyncio.shield(old.exited)
-    fleet.retiring.remove(old)
     fleet.bury(old)
     fleet.publish()
 

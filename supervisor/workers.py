@@ -58,7 +58,10 @@ class Parent:
                 self.adopt_socket(server.name, sockets.bind(server))
         except OSError as exc:
             self.close_sockets()
-            raise SupervisorError(f"cannot listen: {exc.strerror}; nothing was started") from None
+            raise SupervisorError(
+                f"cannot listen: {exc.strerror}; stop what holds that address or pick another port (with workers: N "
+                "every socket is bound once, at start); nothing was started"
+            ) from None
         addresses = {name: sockets.address_of(s) for name, s in self.sockets.items()}
         self.fleet = Fleet(plan, addresses, self.handle)
         loop = asyncio.get_running_loop()
