@@ -16,7 +16,7 @@ from supervisor.errors import StartTimeout, StopServer
 from supervisor.generation import Generation, Reason
 from supervisor.plan import Plan
 from supervisor.restart import Intensity, Next, decide
-from supervisor.state import ChildState
+from supervisor.state import ChildState, error_text
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -149,13 +149,7 @@ class Outcomes:
 
 def describe(reason: Reason) -> str:
     """One line for a log or the status table: ``RuntimeError: crash requested``."""
-    if reason is None:
-        return "stopped unexpectedly"
-    if isinstance(reason, BaseExceptionGroup):
-        # a TaskGroup in a lifespan wraps the real error: name the errors, not the group
-        return "; ".join(describe(e) for e in reason.exceptions)
-    text = str(reason)
-    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+    return "stopped unexpectedly" if reason is None else error_text(reason)
 
 
 def traceback_of(reason: Reason) -> BaseException | None:

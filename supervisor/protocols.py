@@ -76,9 +76,9 @@ class ProtocolConnections:
             drain = getattr(proto, "drain", None)
             try:
                 drain() if drain is not None else transport.close()
-            except Exception:  # the user's drain() failed: that connection is cut now
+            except Exception as exc:  # the user's drain() failed: that connection is cut now
                 LOGGER.warning("server %s: drain() raised; connection aborted", self._server, exc_info=True)
-                self._stats.handler_errors += 1
+                self._stats.handler_failed(exc, loop.time())
                 transport.abort()  # type: ignore[attr-defined]
         if self and not force.done():
             await until_empty(self.empty, force, budget)
@@ -126,7 +126,7 @@ def _subclass(gen: Generation, base: type) -> type:
         if _raised_in_transport(exc):
             gen.stats.client_errors["reset"] += 1  # the transport's own error (a write to a gone client)
             return
-        gen.stats.handler_errors += 1
+        gen.stats.handler_failed(exc, gen.loop.time())
         if gen.plan.on_handler_error == "restart" and not gen.stopped:
             gen.stop(exc)
         elif (more := gen.listener.throttle(type(exc).__name__)) is not None:

@@ -114,7 +114,7 @@ def _handler_failed(gen: Generation, exc: Exception, reader: Reader, writer: asy
             gen.stats.client_errors[reason] += 1
         LOGGER.debug("server %s: client error (%s): %r", gen.plan.name, reason, exc)
         return
-    gen.stats.handler_errors += 1
+    gen.stats.handler_failed(exc, gen.loop.time())
     if gen.plan.on_handler_error == "restart" and not gen.stopped:
         gen.stop(exc)  # the coordinator logs it as this server's failure
     elif (more := gen.listener.throttle(type(exc).__name__)) is not None:

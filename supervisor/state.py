@@ -46,6 +46,14 @@ class ServerStats:
     rejected: int = 0  # closed at once: max_connections reached
     accept_errors: int = 0  # accept() failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM)
     tls_handshakes: int = 0  # ClientHellos received (TLS servers only)
+    last_handler_error: str = ""  # error_text() of the last handler error, for status
+    last_handler_error_at: float = 0.0  # its loop time (CLOCK_MONOTONIC: comparable across worker processes)
+
+    def handler_failed(self, exc: BaseException, now: float) -> None:
+        """Count a handler error and keep its text: not a hot path (one per failed connection)."""
+        self.handler_errors += 1
+        self.last_handler_error = error_text(exc)
+        self.last_handler_error_at = now
 
     def observe_duration(self, seconds: float) -> None:
         self.duration_counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
@@ -139,6 +147,15 @@ def readiness(snap: TreeSnapshot) -> tuple[bool, str]:
 
 def _why(c: ChildStatus) -> str:
     return f"{c.name} ({c.state.value}: {c.last_error})" if c.last_error else f"{c.name} ({c.state.value})"
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for a log or the status table: ``RuntimeError: crash requested``."""
+    if isinstance(exc, BaseExceptionGroup):
+        # a TaskGroup in a lifespan wraps the real error: name the errors, not the group
+        return "; ".join(error_text(e) for e in exc.exceptions)
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Publisher:

@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from supervisor.state import ChildState, ConfigStatus, TreeSnapshot, readiness
+from supervisor.state import ChildState, ConfigStatus, ServerStats, TreeSnapshot, readiness
 from supervisor.tree import TreeView
 
 
@@ -38,6 +38,8 @@ def status_rows(supervisor: TreeView) -> list[dict[str, Any]]:
                 "connections_total": s.total if s else 0,
                 "handler_errors": s.handler_errors if s else 0,
                 "last_error": c.last_error,
+                "last_handler_error": s.last_handler_error if s else "",
+                "last_handler_error_seconds_ago": _ago(s, now),
             }
         )
     return rows
@@ -70,8 +72,9 @@ def status_table(supervisor: TreeView, width: int | None = None) -> list[str]:
 
     Stable for scripts: columns never contain spaces except the last (``last error``), so
     ``awk '{print $1, $2}'`` works; ``conns`` is ``active/total``, ``errors`` counts handler errors, ``last
-    error`` is the server's last failure. With a ``width`` (a terminal's), a last error that would not fit is
-    cut with ``...``. The last two lines say which config runs and sum up the tree.
+    error`` is the server's last failure, then its last handler error (``handler: ValueError: bad (4.2s ago)``).
+    With a ``width`` (a terminal's), a last error that would not fit is cut with ``...``. The last two lines say
+    which config runs and sum up the tree.
     """
     snap = supervisor.snapshot()
     rows = [
@@ -83,7 +86,7 @@ def status_table(supervisor: TreeView, width: int | None = None) -> list[str]:
             str(r["restarts"]),
             f"{r['connections_active']}/{r['connections_total']}",
             str(r["handler_errors"]),
-            " ".join(r["last_error"].split()) or "-",  # one line, whatever the exception said
+            last_errors(r),
         ]
         for r in status_rows(supervisor)
     ]
@@ -116,6 +119,23 @@ def worker_lines(snap: TreeSnapshot, now: float | None) -> list[str]:
     widths = [max(len(row[i]) for row in [WORKER_HEAD, *rows]) for i in range(len(WORKER_HEAD) - 1)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
     return [fmt.format(*WORKER_HEAD).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+
+
+def last_errors(row: dict[str, Any]) -> str:
+    """The ``last error`` cell: the server's last failure, then its last handler error and how long ago."""
+    parts = [" ".join(row["last_error"].split())] if row["last_error"] else []  # one line, whatever it said
+    if row["last_handler_error"] and row["last_handler_error"] != row["last_error"]:  # restart: told once
+        ago = row["last_handler_error_seconds_ago"]
+        parts.append(
+            f"handler: {row['last_handler_error']}" + (f" ({format_duration(ago)} ago)" if ago is not None else "")
+        )
+    return "; ".join(parts) or "-"
+
+
+def _ago(stats: ServerStats | None, now: float | None) -> float | None:
+    if stats is None or not stats.last_handler_error or now is None:
+        return None
+    return round(max(0.0, now - stats.last_handler_error_at), 3)
 
 
 def clip(text: str, room: int) -> str:

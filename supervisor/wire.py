@@ -46,6 +46,8 @@ def add_stats(into: ServerStats, other: ServerStats, *, gauges: bool = True) -> 
     into.client_errors.update(other.client_errors)
     into.duration_counts = [a + b for a, b in zip(into.duration_counts, other.duration_counts, strict=True)]
     into.duration_sum += other.duration_sum
+    if other.last_handler_error_at > into.last_handler_error_at:  # the newest, whichever worker saw it
+        into.last_handler_error, into.last_handler_error_at = other.last_handler_error, other.last_handler_error_at
     if gauges:
         into.active += other.active
         into.parked += other.parked
