@@ -16,6 +16,7 @@ from supervisor import __version__, logs, pidfile
 from supervisor.errors import ConfigError, GaveUp, SupervisorError
 from supervisor.plan import Plan
 from supervisor.planfile import load_plan, problem_report
+from supervisor.spec import LOG_FORMATS, LOG_LEVELS
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # gave up after too many restarts, or an unexpected error
@@ -33,15 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run every server in CONFIG until SIGTERM/SIGINT")
     run.add_argument("config", help="path to the YAML config")
-    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.add_argument("--log-level", choices=LOG_LEVELS, help="the root logger's level (default: logging.level, INFO)")
     run.add_argument(
         "--pidfile", metavar="PATH",
         help="lock file holding the pid (default: under $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR or /tmp, named for "
         "the config); a second run of the same config exits 2",
     )  # fmt: skip
     run.add_argument(
-        "--log-format", default="text", choices=logs.FORMATS,
-        help="text (default) or json: one object per line (ts, level, logger, message, server, generation, exc)",
+        "--log-format", choices=LOG_FORMATS,
+        help="text or json: one object per line (ts, level, logger, message, server, generation, exc); "
+        "default: logging.format, text",
     )  # fmt: skip
     check = sub.add_parser("check", help="validate CONFIG and print the plan; exit 0 or 2")
     check.add_argument("config", help="path to the YAML config")
@@ -81,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # before anything is bound or logged: one supervisor per config
         with pidfile.held(path, args.config, required=bool(args.pidfile)) as held:
-            logs.setup(args.log_level, args.log_format)
+            if (problem := _setup_logging(plan, args.log_level, args.log_format)) is not None:
+                print("\n".join(problem_report(args.config, [problem], "nothing was started")), file=sys.stderr)
+                return EXIT_USAGE
             for warning in plan.warnings:  # what `check` prints under its table: runnable, but probably not meant
                 LOGGER.warning("%s", warning)
             LOGGER.log(logging.INFO if held.locked else logging.WARNING, "%s", held.line)
@@ -89,6 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except pidfile.AlreadyRunningError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _setup_logging(plan: Plan, level: str | None, fmt: str | None) -> str | None:
+    """Apply the command line over the config's ``logging:`` section; a problem (``file:line: key: ...``) or None."""
+    spec = plan.logging
+    if spec.dict_config and fmt:
+        return f"{spec.where}: --log-format does not apply: this mapping's formatters decide the format"
+    try:
+        logs.setup(level or (None if spec.dict_config else spec.level), fmt or spec.format, 0, spec.dict_config)
+    except (ValueError, TypeError, AttributeError, ImportError) as exc:  # what dictConfig raises for a bad mapping
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        return f"{spec.where}: {exc}{cause}; fix the mapping (it is logging.config.dictConfig's schema)"
+    return None
 
 
 def run(plan: Plan, main: Coroutine[Any, Any, None] | None = None) -> int:

@@ -14,12 +14,15 @@ from supervisor.spec import (
     CLIENT_AUTH,
     HANDLER_ERROR_POLICIES,
     KINDS,
+    LOG_FORMATS,
+    LOG_LEVELS,
     LOOPS,
     RESTART_TYPES,
     STRATEGIES,
     BackoffSpec,
     Config,
     ConsoleSpec,
+    LoggingSpec,
     MetricsSpec,
     ServerSpec,
     SupervisorSpec,
@@ -35,11 +38,11 @@ class ConfigReader(NodeReader):
         if root is None or (isinstance(root, ScalarNode) and root.tag == "tag:yaml.org,2002:null"):
             self.fail(None, "", "the config is empty; it needs at least a 'servers' list")
             return None
-        top = self.mapping(root, "", ("supervisor", "metrics", "console", "servers"))
+        top = self.mapping(root, "", ("supervisor", "metrics", "console", "logging", "servers"))
         if top is None:
             return None
         locations = {".": self.loc(root, "")}
-        for section in ("supervisor", "metrics", "console"):
+        for section in ("supervisor", "metrics", "console", "logging"):
             node = top.get(section)
             if node is None:
                 continue
@@ -52,8 +55,10 @@ class ConfigReader(NodeReader):
         sup = self.supervisor(top.get("supervisor"))
         metrics = self.metrics(top.get("metrics"))
         console = self.console(top.get("console"))
+        logs = self.logging(top.get("logging"))
         servers = self.servers(top.get("servers"), root)
-        return Config(path=path, servers=servers, supervisor=sup, metrics=metrics, console=console, locations=locations)
+        return Config(path=path, servers=servers, supervisor=sup, metrics=metrics, console=console, logging=logs,
+                      locations=locations)  # fmt: skip
 
     def supervisor(self, node: Node | None) -> SupervisorSpec:
         d = SupervisorSpec()
@@ -93,6 +98,36 @@ class ConfigReader(NodeReader):
             port=self.field(f, "port", p, v.int_in(1, 65534), d.port),
             allow_remote=self.field(f, "allow_remote", p, v.as_bool, d.allow_remote),
             repl=self.field(f, "repl", p, v.as_bool, d.repl),
+        )
+
+    def logging(self, node: Node | None) -> LoggingSpec:
+        d = LoggingSpec()
+        if node is None or (f := self.mapping(node, "logging", _keys(LoggingSpec, "where"))) is None:
+            return d
+        p = "logging"
+        dict_config: dict[str, Any] = {}
+        where = ""
+        if (dc_node := f.get("dict_config")) is not None:
+            at = f.at("dict_config", dc_node)
+            where = str(self.loc(at, f"{p}.dict_config"))
+            value = self.data(dc_node, at, f"{p}.dict_config")
+            if value is REFUSED:
+                pass
+            elif not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                self.fail(at, f"{p}.dict_config", f"expected a logging.config.dictConfig mapping, got {v.show(value)}")
+            elif value.get("version") != 1:
+                self.fail(at, f"{p}.dict_config", "expected 'version: 1' in it (the dictConfig schema's only version)")
+            else:
+                dict_config = value
+            for key in ("level", "format"):  # the user's mapping decides: say so rather than ignore it
+                if key in f:
+                    self.fail(f.at(key, f[key]), f"{p}.{key}", "not with dict_config: its loggers, handlers and "
+                              "formatters decide (supervisor.logs.JsonFormatter is one to name there)")  # fmt: skip
+        return LoggingSpec(
+            level=self.field(f, "level", p, v.choice(LOG_LEVELS), d.level),
+            format=self.field(f, "format", p, v.choice(LOG_FORMATS), d.format),
+            dict_config=dict_config,
+            where=where,
         )
 
     def servers(self, node: Node | None, root: Node) -> tuple[ServerSpec, ...]:
@@ -215,5 +250,5 @@ class ConfigReader(NodeReader):
         return spec
 
 
-def _keys(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls) if f.name != "locations")
+def _keys(cls: type, *internal: str) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("locations", *internal))

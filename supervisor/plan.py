@@ -13,7 +13,7 @@ from supervisor.address import Address
 from supervisor.errors import ConfigError
 from supervisor.handler_checks import resolve_handler
 from supervisor.plan_checks import addresses, check_binds, check_names, never_gives_up, start_order, unix_path
-from supervisor.spec import BackoffSpec, Config, ConsoleSpec, MetricsSpec, ServerSpec, SupervisorSpec
+from supervisor.spec import BackoffSpec, Config, ConsoleSpec, LoggingSpec, MetricsSpec, ServerSpec, SupervisorSpec
 from supervisor.tls import TlsPlan, tls_plan
 from supervisor.values import capped
 
@@ -63,6 +63,7 @@ class Plan:
     # valid but probably not meant (file:line: key: what and what to do); ``check`` prints them, exit 0
     warnings: tuple[str, ...] = ()
     digest: str = field(default="", compare=False)  # the config file's sha256 (hex)
+    logging: LoggingSpec = field(default_factory=LoggingSpec)  # applied once, at start (logs.setup)
 
     def table(self) -> list[str]:
         """What ``supervisor check`` prints: one row per server in start order, then any warnings."""
@@ -93,6 +94,8 @@ class Plan:
         m, c = self.metrics, self.console
         lines.append(f"metrics {f'http://{m.host}:{m.port}/metrics' if m.enabled else 'off'}")
         lines.append(f"console {f'telnet {c.host} {c.port}' if c.enabled else 'off'}")
+        lg = self.logging
+        lines.append(f"logging {'dict_config' if lg.dict_config else f'{lg.format} to stderr, level {lg.level}'}")
         if self.warnings:
             lines.append("warnings (the config is valid and runs as it is):")
             lines.extend(self.warnings)
@@ -118,7 +121,16 @@ def make_plan(config: Config, *, handlers: bool = True) -> Plan:
         _server_plan(spec, rank, resolved[spec.name], tls[spec.name], base) for rank, spec in enumerate(order)
     )
     warnings = tuple(capped([w for s in config.servers if (w := never_gives_up(s, config.supervisor))]))
-    return Plan(str(config.path), config.supervisor, config.metrics, config.console, servers, warnings, config.digest)
+    return Plan(
+        str(config.path),
+        config.supervisor,
+        config.metrics,
+        config.console,
+        servers,
+        warnings,
+        config.digest,
+        config.logging,
+    )
 
 
 def _server_plan(

@@ -25,7 +25,7 @@ class PlanDiff:
     added: tuple[str, ...] = ()  # in the new start order
     removed: tuple[str, ...] = ()  # in reverse of the old start order: how they stop
     supervisor: tuple[str, ...] = ()  # keys of the supervisor: section that differ
-    views: tuple[str, ...] = ()  # "metrics", "console": sections that differ (applied at the next start only)
+    views: tuple[str, ...] = ()  # "metrics", "console", "logging": sections that differ (applied at the next start)
 
     @property
     def empty(self) -> bool:
@@ -49,7 +49,7 @@ def diff(running: Sequence[ServerPlan], old: Plan, new: Plan) -> PlanDiff:
             else:
                 unchanged.append(name)
     sup = tuple(f.name for f in dataclasses.fields(new.supervisor) if _differs(old.supervisor, new.supervisor, f.name))
-    views = tuple(s for s in ("metrics", "console") if getattr(old, s) != getattr(new, s))
+    views = tuple(s for s in ("metrics", "console", "logging") if getattr(old, s) != getattr(new, s))
     return PlanDiff(
         unchanged=tuple(unchanged),
         changed=changed,

@@ -176,8 +176,8 @@ class Reload:
                            "(this process serves on alone)", new.supervisor.workers)  # fmt: skip
         if d.views:
             LOGGER.warning(
-                "reload: %s changed: the metrics endpoint and the console keep their address until the supervisor "
-                "is restarted", " and ".join(f"{v}:" for v in d.views),
+                "reload: %s changed: it applies when the supervisor is restarted (the metrics endpoint and the "
+                "console keep their address, the log its handlers)", " and ".join(f"{v}:" for v in d.views),
             )  # fmt: skip
         retired = []
         for name in d.removed:  # reverse start order, like a shutdown

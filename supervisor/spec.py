@@ -14,6 +14,8 @@ HANDLER_ERROR_POLICIES: Final = ("log", "restart")
 CLIENT_AUTH: Final = ("none", "optional", "required")
 LOOPS: Final = ("asyncio", "uvloop")
 KINDS: Final = ("stream", "protocol")  # a server's handler kind: asyncio streams, or an asyncio.Protocol
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS: Final = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,15 @@ class ConsoleSpec:
     port: int = 20101
     allow_remote: bool = False
     repl: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSpec:
+    level: str = "INFO"  # the root logger's level (--log-level wins)
+    format: str = "text"  # the built-in stderr handler's format (--log-format wins)
+    # a logging.config.dictConfig mapping: the user's own handlers and formatters instead of the stderr one
+    dict_config: Mapping[str, Any] = field(default_factory=dict)
+    where: str = field(default="", compare=False)  # "file:line: logging.dict_config", for an error applying it
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +126,7 @@ class Config:
     supervisor: SupervisorSpec = SupervisorSpec()
     metrics: MetricsSpec = MetricsSpec()
     console: ConsoleSpec = ConsoleSpec()
+    logging: LoggingSpec = LoggingSpec()
     # "metrics", "metrics.port", "console.port", ... -> where it was written (sections and their keys)
     locations: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
     digest: str = field(default="", compare=False)  # sha256 of the file (hex): status, supervisor_config_info

@@ -48,7 +48,7 @@ def main() -> int:
     link = socket.socket(fileno=int(spec["channel"]))
     sockets.inherit(fds)
     first = wire.read_first(link)
-    logs.setup(first["log_level"], first["log_format"], worker=slot)
+    logs.setup(first["log_level"], first["log_format"], slot, first.get("log_dict_config"))
     try:
         plan = plan_from_text(first["text"], first["path"], first["digest"])
     except ConfigError as exc:  # the parent checked the text, but imports the handlers only here: fresh code

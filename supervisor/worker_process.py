@@ -77,9 +77,10 @@ class WorkerProcess:
             theirs.close()
         self.pid = self._proc.pid
         self._channel = channel = await wire.Channel.open(ours)
-        level, fmt = logs.settings()
-        channel.send({"t": "config", "path": self.config.path, "text": self.config.text,
-                      "digest": self.config.digest, "log_level": level, "log_format": fmt})  # fmt: skip
+        log, config = logs.settings(), self.config
+        channel.send({"t": "config", "path": config.path, "text": config.text, "digest": config.digest,
+                      "log_level": log.level, "log_format": log.format,
+                      "log_dict_config": log.dict_config})  # fmt: skip
         self._tasks = [asyncio.create_task(self._read(channel), name=f"worker-{self.slot}-link"),
                        asyncio.create_task(self._wait(self._proc), name=f"worker-{self.slot}-wait")]  # fmt: skip
 

@@ -384,7 +384,7 @@ def test_yaml_syntax_errors_name_the_line(tmp_path: Path, text: str, expected: s
 )
 def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, got: str) -> None:
     assert one_problem(tmp_path, text) == (
-        f"1: (top level): expected a mapping with keys supervisor, metrics, console, servers, got {got}"
+        f"1: (top level): expected a mapping with keys supervisor, metrics, console, logging, servers, got {got}"
     )
 
 
@@ -1065,3 +1065,35 @@ def test_workers_must_be_a_count_or_auto(tmp_path: Path, value: object, expected
 def test_workers_auto_is_one_per_usable_cpu(tmp_path: Path) -> None:
     path = write(tmp_path, f"supervisor: {{workers: auto}}\nservers: [{{name: a, handler: '{ECHO}', port: 1}}]\n")
     assert load_config(path).supervisor.workers == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("{level: LOUD}", "1: logging.level: expected one of DEBUG | INFO | WARNING | ERROR"),
+        ("{format: yaml}", "1: logging.format: expected one of text | json"),
+        ("{dict_config: [1]}", "1: logging.dict_config: expected a logging.config.dictConfig mapping, got [1]"),
+        ("{dict_config: {root: {}}}", "1: logging.dict_config: expected 'version: 1' in it"),
+        ("{format: json, dict_config: {version: 1}}", "1: logging.format: not with dict_config: its loggers, handlers"),
+        ("{levle: INFO}", "1: logging.levle: unknown key; did you mean 'level'?"),
+    ],
+)
+def test_the_logging_section_is_checked_at_its_line(tmp_path: Path, section: str, expected: str) -> None:
+    problem = one_problem(tmp_path, f"logging: {section}\nservers: [{{name: a, handler: '{ECHO}', port: 1}}]\n")
+    assert problem.startswith(expected), problem
+
+
+def test_the_logging_section_reads_level_format_and_a_dict_config(tmp_path: Path) -> None:
+    plain = write(
+        tmp_path, f"logging: {{level: DEBUG, format: json}}\nservers: [{{name: a, handler: '{ECHO}', port: 1}}]\n"
+    )
+    spec = load_config(plain).logging
+    assert (spec.level, spec.format, spec.dict_config) == ("DEBUG", "json", {})
+    own = write(
+        tmp_path,
+        "logging:\n  dict_config: {version: 1, root: {level: WARNING}}\n"
+        f"servers: [{{name: a, handler: '{ECHO}', port: 1}}]\n",
+    )
+    spec = load_config(own).logging
+    assert spec.dict_config == {"version": 1, "root": {"level": "WARNING"}}
+    assert spec.where == f"{own}:2: logging.dict_config"  # where run points if dictConfig then refuses it

@@ -70,14 +70,15 @@ def test_the_config_reference_is_valid_and_shows_the_defaults(tmp_path: Path) ->
     import dataclasses
 
     from supervisor.config import load_config
-    from supervisor.spec import ConsoleSpec, MetricsSpec, ServerSpec, SupervisorSpec
+    from supervisor.spec import ConsoleSpec, LoggingSpec, MetricsSpec, ServerSpec, SupervisorSpec
 
     text = (REPO / "README.md").read_text()
     (block,) = re.findall(r"Every key, with its default.*?```yaml\n(.*?)```", text, re.S)
     path = tmp_path / "reference.yaml"
     path.write_text(block)
     config = load_config(path)
-    assert (config.supervisor, config.metrics, config.console) == (SupervisorSpec(), MetricsSpec(), ConsoleSpec())
+    sections = (SupervisorSpec(), MetricsSpec(), ConsoleSpec(), LoggingSpec())
+    assert (config.supervisor, config.metrics, config.console, config.logging) == sections
     (server,) = config.servers
     example = {"name", "handler", "port", "options", "locations"}  # what every server writes for itself
     defaults = ServerSpec(name="", handler="", port=0)

@@ -342,3 +342,14 @@ async def test_a_changed_worker_count_waits_for_a_restart_and_says_so(
             assert (await sup.reload("test")).ok
         assert "reload: supervisor.workers changed to 3: it applies when the supervisor is restarted (this process " \
                "serves on alone)" in caplog.messages  # fmt: skip
+
+
+async def test_a_changed_logging_section_waits_for_a_restart_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(plan_from(tmp_path, BASE)) as sup:
+        write_config_file(tmp_path, "logging: {format: json}\n" + BASE)
+        with caplog.at_level(logging.WARNING, "supervisor"):
+            assert (await sup.reload("test")).ok
+        assert "reload: logging: changed: it applies when the supervisor is restarted (the metrics endpoint and the " \
+               "console keep their address, the log its handlers)" in caplog.messages  # fmt: skip
