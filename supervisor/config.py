@@ -87,7 +87,7 @@ def parse_config(text: str, path: Path) -> Config:
     reader = ConfigReader(str(path))
     config = reader.config(root, path)
     if reader.problems or config is None:
-        raise ConfigError(reader.problems or [f"{path}:1: the config is empty"])
+        raise ConfigError(reader.problems or [f"{path}:1: the config is empty"], partial=config)
     return config
 
 

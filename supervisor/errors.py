@@ -14,9 +14,10 @@ class ConfigError(SupervisorError):
     (``configs/x.yaml:12: servers[1].port: expected an integer 0-65535, got 'http'``).
     """
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], partial: object = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.partial = partial  # the config as far as it could be read (a spec.Config), for more checks in one pass
 
 
 class ViewError(SupervisorError):

@@ -109,14 +109,11 @@ def make_plan(config: Config, *, handlers: bool = True) -> Plan:
     check_names(config.servers, problems)
     check_binds(config, addresses(config, problems), problems)
     order = start_order(config.servers, problems)
-    base = config.path.resolve().parent
-    if (config_dir := str(base)) not in sys.path:
-        # handlers next to the config import like the user's own modules would
-        sys.path.append(config_dir)
+    base = make_importable(config)
     resolved = {s.name: resolve_handler(s, problems) if handlers else (None, False) for s in config.servers}
     tls = {s.name: tls_plan(s, base, problems) for s in config.servers}
     if problems:
-        raise ConfigError(capped(sorted(problems, key=_line_of)))
+        raise ConfigError(capped(sorted(problems, key=line_of)))
     servers = tuple(
         _server_plan(spec, rank, resolved[spec.name], tls[spec.name], base) for rank, spec in enumerate(order)
     )
@@ -131,6 +128,14 @@ def make_plan(config: Config, *, handlers: bool = True) -> Plan:
         config.digest,
         config.logging,
     )
+
+
+def make_importable(config: Config) -> Path:
+    """Handlers next to the config import like the user's own modules would; the config's folder."""
+    base = config.path.resolve().parent
+    if (config_dir := str(base)) not in sys.path:
+        sys.path.append(config_dir)
+    return base
 
 
 def _server_plan(
@@ -166,7 +171,7 @@ def _server_plan(
     )
 
 
-def _line_of(problem: str) -> int:
+def line_of(problem: str) -> int:
     """Problems start with a Location (``file:line: key``): report them top of the file first."""
     found = _LINE.match(problem)
     return int(found.group(1)) if found else 0

@@ -257,3 +257,28 @@ def test_subprocess_deep_config_exits_2_without_traceback(tmp_path: Path) -> Non
         f"{path}:5: servers[0].options.x…: nested more than 64 levels deep; flatten this value",
         f"supervisor: 1 problem in {path}; nothing was started",
     ]
+
+
+def test_one_pass_reports_a_malformed_entry_and_the_other_servers_import_errors(tmp_path: Path) -> None:
+    """Found by a user: a typo in one server's entry hid the others' import errors until the next run."""
+    (tmp_path / "mine.py").write_text("import nowhere_to_be_found\n")  # next to the config: imported from there
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "servers:\n"
+        '  - {name: a, handler: "no colon here", port: 1}\n'
+        '  - {name: b, handler: "nosuchmod:x", port: 2}\n'
+        '  - {name: c, handler: "supervisor.handlers.echo:hndle", port: 3}\n'
+        '  - {name: d, handler: "mine:handle", port: 4}\n'
+        '  - {name: e, handler: "nosuchmod:y", port: 5, backlog: -1}\n'  # its own problem: not imported as well
+    )
+    result = check_in_a_process(path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line.split(": ")[1] for line in lines[:-1]] == [
+        "servers[0].handler", "servers[1].handler", "servers[2].handler", "servers[3].handler", "servers[4].backlog",
+    ]  # fmt: skip
+    assert "cannot import module 'nosuchmod'" in lines[1]
+    assert "did you mean 'handle'?" in lines[2]
+    assert "importing 'mine' raised ModuleNotFoundError: No module named 'nowhere_to_be_found'" in lines[3]
+    assert lines[-1] == f"supervisor: 5 problems in {path}; nothing was started"
+    assert "Traceback" not in result.stderr
