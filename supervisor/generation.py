@@ -22,7 +22,7 @@ from typing import Any
 
 from supervisor import protocols, session, sockets
 from supervisor.address import Address
-from supervisor.connections import Connections
+from supervisor.connections import Connections, ProtocolConnections
 from supervisor.errors import StartTimeout, StopServer
 from supervisor.handler import ProtocolFactory, ServerContext, open_handler, open_protocol, set_current
 from supervisor.listener import Listener
@@ -57,7 +57,7 @@ class Generation:
         self.task: asyncio.Task[None] | None = None
         self.spare_fresh = False  # a restart's drain: see streams.Reader
         self.conns: Any = (
-            protocols.ProtocolConnections(plan.name, number, stats)
+            ProtocolConnections(plan.name, number, stats)
             if plan.kind == "protocol"
             else Connections(plan.name, number, stats)
         )

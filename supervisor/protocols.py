@@ -4,8 +4,10 @@ stream server's -- counted, tracked for the drain, their errors classified under
 The user's class is subclassed once per generation (:func:`supervised`); the subclass's callbacks call the user's
 own inside a ``try`` (no proxy object, no per-connection closure: one plain call more per ``data_received``).
 So the transport never sees the user's exception: asyncio would log "Fatal error: protocol.data_received() call
-failed." and uvloop reports it its own way; here both loops classify it the same. A factory that returns
-instances of another class gets them moved to a subclass of theirs, made once per class and generation.
+failed." and uvloop reports it its own way; here both loops classify it the same. The subclass also adds the
+slots of the generation's live list (connections.ProtocolConnections): nothing else is allocated per connection
+but the accepted-at float. A factory that returns instances of another class gets them moved to a subclass of
+theirs, made once per class and generation, which cannot add slots: each of those connections gets a Node.
 
 The drain contract: an optional ``drain()`` method, called once per live connection when the generation drains
 (a keep-alive HTTP protocol closes when idle, finishes its response then closes); without one the transport is
@@ -16,12 +18,11 @@ closed at once. The transports left at the drain's deadline are aborted; the dra
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from supervisor.connections import CANCEL_GRACE, until_empty
+from supervisor.connections import LINKS, ProtocolConnections
 from supervisor.errors import StopServer
 from supervisor.state import ServerStats
 from supervisor.throttle import folded
@@ -33,93 +34,33 @@ LOGGER = logging.getLogger("supervisor")
 _CALLBACKS = ("connection_made", "data_received", "eof_received", "connection_lost", "pause_writing", "resume_writing")
 
 
-class ProtocolConnections:
-    """The live connections of one protocol generation: protocol -> (transport, accepted at), and their drain."""
-
-    def __init__(self, server: str, generation: int, stats: ServerStats) -> None:
-        self._server = server
-        self._generation = generation
-        self._stats = stats
-        self._live: dict[asyncio.BaseProtocol, tuple[asyncio.BaseTransport, float]] = {}
-        self.empty = asyncio.Event()
-        self.empty.set()
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def add(self, proto: asyncio.BaseProtocol, transport: asyncio.BaseTransport, now: float) -> None:
-        self._live[proto] = (transport, now)
-        self.empty.clear()
-        self._stats.active += 1
-        self._stats.total += 1
-
-    def remove(self, proto: asyncio.BaseProtocol, now: float) -> None:
-        if (entry := self._live.pop(proto, None)) is not None:
-            self._stats.active -= 1
-            self._stats.observe_duration(now - entry[1])
-            if not self._live:
-                self.empty.set()
-
-    def abort(self, proto: asyncio.BaseProtocol) -> None:
-        if (entry := self._live.get(proto)) is not None:
-            entry[0].abort()  # type: ignore[attr-defined]
-
-    def cancel_all(self) -> None:
-        for transport, _ in list(self._live.values()):
-            transport.abort()  # type: ignore[attr-defined]
-
-    async def drain(self, budget: float, force: asyncio.Future[None], *, spare_fresh: bool = False) -> None:
-        """Call each protocol's ``drain()`` (else close its transport); after ``budget`` (or ``force``) abort."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for proto, (transport, _) in list(self._live.items()):
-            drain = getattr(proto, "drain", None)
-            try:
-                drain() if drain is not None else transport.close()
-            except Exception as exc:  # the user's drain() failed: that connection is cut now
-                LOGGER.warning("server %s: drain() raised; connection aborted", self._server, exc_info=True)
-                self._stats.handler_failed(exc, loop.time())
-                transport.abort()  # type: ignore[attr-defined]
-        if self and not force.done():
-            await until_empty(self.empty, force, budget)
-        if self:
-            why = "skipped (second stop request)" if force.done() else f"budget {budget:.1f}s used up"
-            LOGGER.warning(
-                "server %s: drain %s, aborting %d connection(s) of generation %d",
-                self._server, why, len(self), self._generation,
-            )  # fmt: skip
-            self._stats.drain_cancelled += len(self)
-            self.cancel_all()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.empty.wait(), CANCEL_GRACE)
-        self._stats.last_drain_seconds = loop.time() - started
-
-
 def supervised(gen: Generation, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.BaseProtocol]:
     """The protocol factory the listener calls for ``gen``: the user's class, subclassed for this generation."""
     if isinstance(factory, type):
-        return _subclass(gen, factory)
+        return _subclass(gen, factory, own=True)
     made: dict[type, type] = {}
 
     def adopt() -> asyncio.BaseProtocol:
         proto = factory()
         cls = type(proto)
         if (sub := made.get(cls)) is None:
-            sub = made[cls] = _subclass(gen, cls)
+            sub = made[cls] = _subclass(gen, cls, own=False)
         proto.__class__ = sub
         return proto
 
     return adopt
 
 
-def _subclass(gen: Generation, base: type) -> type:
+def _subclass(gen: Generation, base: type, *, own: bool) -> type:
+    """``own``: the subclass adds the slots the live list needs (connections.LINKS), else a Node stands in."""
     user = {name: getattr(base, name) for name in _CALLBACKS}
     made, received, eof, lost = (user[n] for n in _CALLBACKS[:4])
     conns: ProtocolConnections = gen.conns
     loop = gen.loop
+    nodes = conns.nodes
 
     def failed(self: asyncio.BaseProtocol, exc: Exception) -> None:
-        conns.abort(self)
+        conns.abort(self if own else nodes.get(self))
         if isinstance(exc, StopServer):
             gen.stop(exc)
             return
@@ -140,7 +81,7 @@ def _subclass(gen: Generation, base: type) -> type:
             return
         if not gen.listener.admit_transport(transport):
             return
-        conns.add(self, transport, loop.time())
+        conns.add(self if own else conns.node(self), transport, loop.time())
         try:
             made(self, transport)
         except Exception as exc:  # noqa: BLE001 - classified like any callback's error
@@ -167,10 +108,10 @@ def _subclass(gen: Generation, base: type) -> type:
         except Exception as error:  # noqa: BLE001
             failed(self, error)
         finally:
-            conns.remove(self, loop.time())
+            conns.remove(self if own else conns.forget(self), loop.time())
 
     namespace: dict[str, Any] = {
-        "__slots__": (),  # the same layout as the user's class: instances of it can be moved here
+        "__slots__": LINKS if own else (),  # else the user's class's layout: its instances can be moved here
         "connection_made": connection_made,
         "data_received": data_received,
         "eof_received": eof_received,

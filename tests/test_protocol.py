@@ -59,6 +59,26 @@ def make_echo(options: Mapping[str, Any]) -> type[Echo]:
     return type("Echo", (Echo,), {"generation": current_server().generation})
 
 
+class Slotted(asyncio.Protocol):
+    """No ``__dict__``, made by a factory function: moved to a same-layout subclass, tracked by a Node each."""
+
+    __slots__ = ("transport",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def drain(self) -> None:
+        DRAINED.append(1)
+        self.transport.close()
+
+
+def make_instances(options: Mapping[str, Any]) -> Callable[[], asyncio.Protocol]:
+    return lambda: Slotted()
+
+
 @pytest.fixture(autouse=True)
 def _clean() -> Iterator[None]:
     GATE.clear()
@@ -180,6 +200,40 @@ async def test_the_drain_deadline_aborts_what_is_left(tmp_path: Path) -> None:
         with contextlib.suppress(ConnectionError):
             assert await reader.read() == b""
         writer.close()
+
+
+@pytest.mark.parametrize("handler", ["tests.test_protocol:Echo", "tests.test_protocol:make_instances"])
+async def test_connections_are_listed_in_accept_order_through_the_protocols_or_a_node(
+    tmp_path: Path, handler: str
+) -> None:
+    """A class's protocols carry their own links (no dict entry, no tuple); a factory's instances get a Node."""
+    config = f"servers:\n  - {{name: e, kind: protocol, handler: '{handler}', port: 0, shutdown_timeout: 5s}}\n"
+    async with asyncio.timeout(DEADLINE):
+        async with running(plan_from(tmp_path, config)) as sup:
+            port, stats = port_of(sup, "e"), sup.children[0].stats
+            clients = []
+            for _ in range(3):  # one after the other: accepted in this order
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"hi\n")
+                assert await reader.readline() == b"hi\n"
+                clients.append((reader, writer))
+            conns = sup.children[0].gen.conns  # type: ignore[union-attr]
+            protos = [proto for proto, _ in conns.live()]
+            assert len(conns) == stats.active == 3
+            assert len(set(map(id, protos))) == 3
+            assert len(conns.nodes) == (3 if handler.endswith("make_instances") else 0)
+            clients[1][1].close()
+            await eventually(lambda: stats.active == 2)
+            assert [proto for proto, _ in conns.live()] == [protos[0], protos[2]]  # unlinked, the order kept
+            assert getattr(protos[1], "_supervisor_next", None) is None  # it keeps no other connection alive
+            assert protos[1] not in conns.nodes
+            assert sum(stats.duration_counts) == 1
+        # the shutdown's drain called drain() on the two left, which closed them; each duration observed
+        assert DRAINED == [1, 1]
+        assert (len(conns), stats.active, sum(stats.duration_counts), conns.nodes) == (0, 0, 3, {})
+        for reader, writer in clients:
+            assert await reader.read() == b""
+            writer.close()
 
 
 @pytest.mark.parametrize(
