@@ -13,9 +13,9 @@ from tests.proc import REPO
 @pytest.mark.parametrize(
     "args",
     [
-        ["ruff", "check", "supervisor", "tests"],
-        ["ruff", "format", "--check", "supervisor", "tests"],
-        ["mypy"],  # strict, packages from pyproject.toml
+        ["ruff", "check", "supervisor", "tests", "examples"],
+        ["ruff", "format", "--check", "supervisor", "tests", "examples"],
+        ["mypy"],  # strict, the files listed in pyproject.toml
     ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],
 )
