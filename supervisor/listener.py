@@ -20,7 +20,7 @@ from supervisor import sockets
 from supervisor.plan import ServerPlan
 from supervisor.protocols import Parked
 from supervisor.state import ServerStats
-from supervisor.streams import Reader
+from supervisor.streams import Reader, stream_protocol
 from supervisor.throttle import Throttle, folded
 from supervisor.tls import Terminator
 
@@ -160,7 +160,7 @@ class Listener:
         gen = self.current
         accept = gen.accept if gen is not None else self.park
         reader = Reader(self.plan.read_limit, self._loop)
-        return asyncio.StreamReaderProtocol(reader, accept, loop=self._loop)  # type: ignore[arg-type]
+        return stream_protocol(self.plan.max_write_buffer)(reader, accept, loop=self._loop)  # type: ignore[arg-type]
 
     def when_next(self, callback: Callable[[Generation | None], None]) -> bool:
         """Call ``callback`` with the next generation to attach (None: closed for good); False if closed now."""
