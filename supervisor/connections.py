@@ -162,7 +162,7 @@ class ProtocolConnections:
 
     def add(self, node: Any, transport: asyncio.BaseTransport, now: float) -> None:
         node._supervisor_transport = transport
-        node._supervisor_since = now
+        node._supervisor_since = -now  # negative until its first byte (protocols.py flips it): still fresh
         if type(node) is not Node:  # the protocol itself: linked in last
             head = self._head
             node._supervisor_prev = last = head._supervisor_prev
@@ -184,7 +184,7 @@ class ProtocolConnections:
             node._supervisor_prev = node._supervisor_next = None  # it keeps no other connection alive
         self._count -= 1
         self._stats.active -= 1
-        self._stats.observe_duration(now - node._supervisor_since)
+        self._stats.observe_duration(now - abs(node._supervisor_since))
         if not self._count:
             self.empty.set()
 
@@ -194,33 +194,41 @@ class ProtocolConnections:
             transport.abort()
 
     def live(self) -> list[tuple[asyncio.BaseProtocol, Any]]:
-        """(protocol, transport) of each live connection, oldest first: a copy, safe while they close."""
-        found = [(proto, node._supervisor_transport) for proto, node in self.nodes.items()]
+        """(protocol, node) of each live connection, oldest first (the node is the protocol itself, or its Node):
+        a copy, safe while they close."""
+        found: list[tuple[asyncio.BaseProtocol, Any]] = list(self.nodes.items())
         head = self._head
         node = head._supervisor_next
         while node is not head:
-            found.append((node, node._supervisor_transport))
+            found.append((node, node))
             node = node._supervisor_next
         return found
 
     def cancel_all(self) -> None:
-        for _, transport in self.live():
-            transport.abort()
+        for _, node in self.live():
+            self.abort(node)
 
     async def drain(self, budget: float, force: asyncio.Future[None], *, spare_fresh: bool = False) -> None:
-        """Call each protocol's ``drain()`` (else close its transport); after ``budget`` (or ``force``) abort."""
+        """Call each protocol's ``drain()`` (else close its transport); after ``budget`` (or ``force``) abort.
+
+        At a restart (``spare_fresh``) a connection accepted less than FRESH_WINDOW ago that has not sent a byte
+        yet (its first request is on the way: the stream kind's rule) gets ``drain()`` at the end of that window.
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        for proto, transport in self.live():
-            drain = getattr(proto, "drain", None)
-            try:
-                drain() if drain is not None else transport.close()
-            except Exception as exc:  # the user's drain() failed: that connection is cut now
-                LOGGER.warning("server %s: drain() raised; connection aborted", self._server, exc_info=True)
-                self._stats.handler_failed(exc, loop.time())
-                transport.abort()
-        if self and not force.done():
-            await until_empty(self.empty, force, budget)
+        fresh = []
+        for proto, node in self.live():
+            if spare_fresh and -node._supervisor_since > started - FRESH_WINDOW:
+                fresh.append((proto, node))
+            else:
+                self._drain_one(proto, node)
+        later = loop.call_later(FRESH_WINDOW, self._drain_all, fresh) if fresh else None
+        try:
+            if self and not force.done():
+                await until_empty(self.empty, force, budget)
+        finally:
+            if later is not None:
+                later.cancel()
         if self:
             why = "skipped (second stop request)" if force.done() else f"budget {budget:.1f}s used up"
             LOGGER.warning(
@@ -232,3 +240,18 @@ class ProtocolConnections:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.empty.wait(), CANCEL_GRACE)
         self._stats.last_drain_seconds = loop.time() - started
+
+    def _drain_all(self, connections: list[tuple[asyncio.BaseProtocol, Any]]) -> None:
+        for proto, node in connections:
+            self._drain_one(proto, node)
+
+    def _drain_one(self, proto: asyncio.BaseProtocol, node: Any) -> None:
+        if (transport := node._supervisor_transport) is None:
+            return  # gone meanwhile
+        drain = getattr(proto, "drain", None)
+        try:
+            drain() if drain is not None else transport.close()
+        except Exception as exc:  # the user's drain() failed: that connection is cut now
+            LOGGER.warning("server %s: drain() raised; connection aborted", self._server, exc_info=True)
+            self._stats.handler_failed(exc, asyncio.get_running_loop().time())
+            transport.abort()

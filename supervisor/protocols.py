@@ -88,6 +88,8 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
             failed(self, exc)
 
     def data_received(self: asyncio.Protocol, data: bytes) -> None:
+        if own and self._supervisor_since < 0:  # type: ignore[attr-defined]
+            self._supervisor_since = -self._supervisor_since  # type: ignore[attr-defined]  # its first byte
         try:
             received(self, data)
         except Exception as exc:  # noqa: BLE001 - classified: the transport never sees it

@@ -186,6 +186,28 @@ async def test_the_drain_calls_drain_and_lets_an_in_flight_response_finish(tmp_p
         busy_w.close()
 
 
+async def test_a_restart_spares_a_fresh_connection_whose_first_request_is_on_the_way(tmp_path: Path) -> None:
+    """The stream kind's rule: accepted less than FRESH_WINDOW ago, not a byte yet -> the old generation serves
+    its first request (a keep-alive client that connected just before a reload or a worker roll loses nothing);
+    a connection that was served and is idle is drained at once."""
+    async with asyncio.timeout(DEADLINE):
+        async with running(plan_from(tmp_path, HTTP)) as sup:
+            port = port_of(sup, "web")
+            served_r, served_w = await asyncio.open_connection("127.0.0.1", port)
+            served_w.write(b"GET / HTTP/1.1\r\n\r\n")
+            assert (await served_r.readuntil(b"hi\n")).startswith(b"HTTP/1.1 200 OK")
+            fresh_r, fresh_w = await asyncio.open_connection("127.0.0.1", port)
+            await eventually(lambda: sup.children[0].stats.active == 2)
+            restart = asyncio.ensure_future(sup.control("restart", "web"))
+            assert await served_r.read() == b""  # idle after its answer: drained at once
+            fresh_w.write(b"GET / HTTP/1.1\r\n\r\n")  # its request, after the drain began
+            answer = await fresh_r.read()
+            assert answer.startswith(b"HTTP/1.1 200 OK"), answer  # answered, then closed: nothing lost
+            assert (await restart).ok
+            for writer in (served_w, fresh_w):
+                writer.close()
+
+
 async def test_the_drain_deadline_aborts_what_is_left(tmp_path: Path) -> None:
     config = HTTP.replace("port: 0,", "port: 0, shutdown_timeout: 0.2s,")
     async with asyncio.timeout(DEADLINE):
