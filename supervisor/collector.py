@@ -23,9 +23,9 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from supervisor import __version__
+from supervisor.client_faults import CLIENT_REASONS
 from supervisor.loopguard import LAG_WINDOW
 from supervisor.state import DURATION_BUCKETS, ChildState, ConfigStatus, TreeSnapshot, WorkerState, readiness
-from supervisor.streams import CLIENT_REASONS
 from supervisor.tree import TreeView
 
 # The reasons the supervisor counts restarts under (supervisor.py, control.py); exported from the start.

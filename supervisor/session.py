@@ -14,8 +14,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from supervisor.client_faults import client_fault
 from supervisor.errors import StopServer
-from supervisor.streams import Reader, bound_writer, client_fault
+from supervisor.streams import Reader, bound_writer
 from supervisor.throttle import folded
 
 if TYPE_CHECKING:

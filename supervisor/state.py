@@ -41,7 +41,7 @@ class ServerStats:
     duration_sum: float = 0.0
     last_drain_seconds: float = 0.0
     drain_cancelled: int = 0  # connections cancelled because a drain ran out of time
-    client_errors: Counter[str] = field(default_factory=Counter)  # streams.CLIENT_REASONS value -> count
+    client_errors: Counter[str] = field(default_factory=Counter)  # client_faults.CLIENT_REASONS value -> count
     parked: int = 0  # accepted during a restart, waiting for the next generation
     rejected: int = 0  # closed at once: max_connections reached
     accept_errors: int = 0  # accept() failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM)

@@ -276,3 +276,12 @@ def test_the_config_reference_is_valid_and_shows_the_defaults(tmp_path: Path) ->
             assert getattr(server, f.name) == getattr(defaults, f.name), f"README shows {f.name} with another value"
     documented = set(re.findall(r"^\s+(?:- |# ?)?(\w+):", block, re.M))
     assert {f.name for f in dataclasses.fields(ServerSpec)} - {"locations"} <= documented  # every key is shown
+
+
+def test_the_module_table_lists_every_module() -> None:
+    """README's Development layout names what each module owns: a new module must get its row."""
+    table = README[README.index("| module | owns |") : README.index("## Benchmarks")]
+    listed = set(re.findall(r"`(\w+\.py)`", table))
+    modules = {p.name for p in (REPO / "supervisor").glob("*.py")} - {"__init__.py", "__main__.py"}
+    assert modules - listed == set(), "add a row for each to README's module table"
+    assert listed - modules == set(), "the table names modules that are gone"
