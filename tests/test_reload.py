@@ -333,23 +333,20 @@ def test_the_diff_compares_what_the_user_wrote_not_the_start_order(tmp_path: Pat
     assert diff(new.servers, new, old).removed == ("first",)
 
 
-async def test_a_changed_worker_count_waits_for_a_restart_and_says_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("section", "said"),
+    [
+        ("supervisor: {workers: 3}", "reload: supervisor.workers changed to 3: it applies when the supervisor is "
+         "restarted (this process serves on alone)"),
+        ("logging: {format: json}", "reload: logging: changed: it applies when the supervisor is restarted (the "
+         "metrics endpoint and the console keep their address, the log its handlers)"),
+    ],
+)  # fmt: skip
+async def test_a_change_that_needs_a_restart_waits_for_one_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, section: str, said: str
 ) -> None:
     async with running(plan_from(tmp_path, BASE)) as sup:
-        write_config_file(tmp_path, "supervisor: {workers: 3}\n" + BASE)
+        write_config_file(tmp_path, f"{section}\n{BASE}")
         with caplog.at_level(logging.WARNING, "supervisor"):
             assert (await sup.reload("test")).ok
-        assert "reload: supervisor.workers changed to 3: it applies when the supervisor is restarted (this process " \
-               "serves on alone)" in caplog.messages  # fmt: skip
-
-
-async def test_a_changed_logging_section_waits_for_a_restart_and_says_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    async with running(plan_from(tmp_path, BASE)) as sup:
-        write_config_file(tmp_path, "logging: {format: json}\n" + BASE)
-        with caplog.at_level(logging.WARNING, "supervisor"):
-            assert (await sup.reload("test")).ok
-        assert "reload: logging: changed: it applies when the supervisor is restarted (the metrics endpoint and the " \
-               "console keep their address, the log its handlers)" in caplog.messages  # fmt: skip
+        assert said in caplog.messages
