@@ -99,7 +99,10 @@ def _setup_logging(plan: Plan, level: str | None, fmt: str | None) -> str | None
     """Apply the command line over the config's ``logging:`` section; a problem (``file:line: key: ...``) or None."""
     spec = plan.logging
     if spec.dict_config and fmt:
-        return f"{spec.where}: --log-format does not apply: this mapping's formatters decide the format"
+        return (
+            f"{spec.where}: --log-format does not apply: this mapping's formatters decide the format; drop "
+            "--log-format, or remove dict_config to use the built-in text/json formats"
+        )
     try:
         logs.setup(level or (None if spec.dict_config else spec.level), fmt or spec.format, 0, spec.dict_config)
     except (ValueError, TypeError, AttributeError, ImportError) as exc:  # what dictConfig raises for a bad mapping

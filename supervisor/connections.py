@@ -69,13 +69,9 @@ class Connections:
         loop = asyncio.get_running_loop()
         started = loop.time()
         self.end_idle()
-        recheck = loop.call_later(FRESH_WINDOW, self.end_idle) if spare_fresh else None
-        try:
-            if self and not force.done():
-                await until_empty(self.empty, force, budget)
-        finally:
-            if recheck is not None:
-                recheck.cancel()
+        await until_empty(
+            self.empty, force, budget, loop.call_later(FRESH_WINDOW, self.end_idle) if spare_fresh else None
+        )
         if self:
             why = "skipped (second stop request)" if force.done() else f"budget {budget:.1f}s used up"
             LOGGER.warning(
@@ -100,13 +96,21 @@ def _peer(writer: asyncio.StreamWriter) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
-async def until_empty(empty: asyncio.Event, force: asyncio.Future[None], budget: float) -> None:
-    """Wait until ``empty`` is set, ``force`` is done (a second stop request) or ``budget`` seconds passed."""
-    waiter = asyncio.ensure_future(empty.wait())
+async def until_empty(
+    empty: asyncio.Event, force: asyncio.Future[None], budget: float, recheck: asyncio.TimerHandle | None = None
+) -> None:
+    """Wait until ``empty`` is set, ``force`` is done (a second stop request) or ``budget`` seconds passed; then
+    cancel ``recheck`` (a drain's look at its fresh connections), whichever way the wait ended."""
     try:
-        await asyncio.wait((waiter, force), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+        if not empty.is_set() and not force.done():
+            waiter = asyncio.ensure_future(empty.wait())
+            try:
+                await asyncio.wait((waiter, force), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
     finally:
-        waiter.cancel()
+        if recheck is not None:
+            recheck.cancel()
 
 
 # A protocol connection's fields, kept on the protocol itself: the subclass supervised() makes adds them as slots
@@ -222,13 +226,9 @@ class ProtocolConnections:
                 fresh.append((proto, node))
             else:
                 self._drain_one(proto, node)
-        later = loop.call_later(FRESH_WINDOW, self._drain_all, fresh) if fresh else None
-        try:
-            if self and not force.done():
-                await until_empty(self.empty, force, budget)
-        finally:
-            if later is not None:
-                later.cancel()
+        await until_empty(
+            self.empty, force, budget, loop.call_later(FRESH_WINDOW, self._drain_all, fresh) if fresh else None
+        )
         if self:
             why = "skipped (second stop request)" if force.done() else f"budget {budget:.1f}s used up"
             LOGGER.warning(
