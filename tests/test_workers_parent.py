@@ -1,0 +1,107 @@
+"""The parent's side of ``supervisor.workers: N`` in process, without worker processes: hang detection of a worker
+(worker_keeper.exit_of) driven with a fake worker and a stalled loop. The real processes: test_workers.py."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import cast
+
+import pytest
+
+from supervisor import worker_keeper
+from supervisor.worker_process import WorkerProcess
+
+CHECK = 0.2  # worker_keeper.HANG_CHECK, shortened for these tests
+HANG = 1.0
+
+
+@pytest.fixture(autouse=True)
+def fast_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_keeper, "HANG_CHECK", CHECK)
+    monkeypatch.setattr(worker_keeper, "STALL", 2 * CHECK)
+
+
+class FakeWorker:
+    """What exit_of reads of a worker: its pid and slot, its last report's time, its end; SIGKILL ends it."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.slot, self.pid = 1, 4242
+        self.reported_at = loop.time()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self.signals: list[signal.Signals] = []
+        self.reporting = True
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.signals.append(sig)
+        if sig is signal.SIGKILL and not self.exited.done():
+            self.exited.set_result(-signal.SIGKILL)
+
+    async def report(self, every: float = 0.05) -> None:
+        """Report like a healthy worker (every 0.5 s in real life) whenever ``reporting``; bounded to 60 s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not self.exited.done() and loop.time() < deadline:
+            if self.reporting:
+                self.reported_at = loop.time()
+            await asyncio.sleep(every)
+
+
+def _watch(worker: FakeWorker) -> asyncio.Task[int]:
+    return asyncio.create_task(worker_keeper.exit_of(cast(WorkerProcess, worker), HANG))
+
+
+def _stall_soon(worker: FakeWorker, resume_after: float | None) -> asyncio.Event:
+    """Block the loop for longer than HANG (a slow scrape, a blocking call in the parent) in 0.1 s. The worker's
+    reports are read only ``resume_after`` seconds after the stall (its link's reader had not run yet at the
+    first check after it), or never again (None). The event is set when the stall is over."""
+    loop = asyncio.get_running_loop()
+    over = asyncio.Event()
+
+    def stall() -> None:
+        worker.reporting = False
+        time.sleep(HANG + 2 * CHECK)
+        over.set()
+        if resume_after is not None:
+            loop.call_later(resume_after, setattr, worker, "reporting", True)
+
+    loop.call_later(0.1, stall)
+    return over
+
+
+async def test_a_stall_of_the_parents_own_loop_does_not_kill_a_healthy_worker() -> None:
+    worker = FakeWorker()
+    reporter = asyncio.create_task(worker.report())
+    watch = _watch(worker)
+    over = _stall_soon(worker, resume_after=CHECK)
+    await asyncio.wait_for(over.wait(), 10)
+    # a few checks after the stall, with the worker's reports read again: it is not taken for hung
+    done, _ = await asyncio.wait([watch], timeout=HANG + 3 * CHECK)
+    assert not done, "killed the worker for the parent's own stall"
+    worker.exited.set_result(0)
+    assert await asyncio.wait_for(watch, 5) == 0
+    assert worker.signals == []
+    await asyncio.wait_for(reporter, 5)
+
+
+async def test_a_worker_silent_after_the_parents_stall_is_killed_for_its_own_silence_only() -> None:
+    loop = asyncio.get_running_loop()
+    worker = FakeWorker()
+    watch = _watch(worker)
+    over = _stall_soon(worker, resume_after=None)
+    await asyncio.wait_for(over.wait(), 10)
+    stalled_until = loop.time()
+    assert await asyncio.wait_for(watch, 10) == -signal.SIGKILL
+    assert worker.signals == [signal.SIGKILL]
+    assert loop.time() - stalled_until >= HANG - CHECK  # the stall itself did not count as its silence
+
+
+async def test_a_silent_worker_is_killed() -> None:
+    loop = asyncio.get_running_loop()
+    worker = FakeWorker()
+    started = loop.time()
+    assert await asyncio.wait_for(_watch(worker), 10) == -signal.SIGKILL
+    assert worker.signals == [signal.SIGKILL]
+    assert HANG <= loop.time() - started <= HANG + 3 * CHECK
