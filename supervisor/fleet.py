@@ -68,6 +68,7 @@ class Fleet:
         self.config = ConfigStatus(plan.source, plan.digest, time.time(), last_success_at=time.time())
         self.shutting_down = False
         self._dead: dict[str, ServerStats] = {}  # each server's totals from the workers that are gone
+        self._restarts: dict[int, int] = {}  # a removed slot's restarts, by number: for the parent's life
         self._counted: list[WorkerProcess] = []  # whose last report counts, until it is buried
         self._handle = handle
         self._loop = loop
@@ -111,6 +112,22 @@ class Fleet:
         if all(r.ok for r in steps) and len({r.text for r in steps}) == 1:
             return Result(True, f"{steps[0].text} in {len(steps)} worker(s)")
         return combine([Result(r.ok, f"worker {n}: {r.text}") for (n, _), r in zip(serving, steps, strict=True)])
+
+    def resize(self, wanted: int) -> tuple[list[Slot], list[Slot]]:
+        """``wanted`` slots from now on (a reload changed ``workers``): the slots added and the ones removed. A slot
+        number keeps its restart count for the parent's life: a reload that shrinks the workers and a later one
+        that grows them again must not reset ``supervisor_worker_restarts_total`` (Prometheus reads a drop as a
+        counter reset)."""
+        added = []
+        while len(self.slots) < wanted:
+            number = len(self.slots) + 1
+            added.append(Slot(number, restarts=self._restarts.pop(number, 0)))
+            self.slots.append(added[-1])
+        removed = self.slots[wanted:]
+        del self.slots[wanted:]
+        for slot in removed:
+            self._restarts[slot.number] = slot.restarts
+        return added, removed
 
     def processes(self) -> list[WorkerProcess]:
         """Every live worker process: the slots', the retiring ones', and one a reload is starting."""

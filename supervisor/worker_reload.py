@@ -185,15 +185,10 @@ def _adopt(parent: Parent, plan: Plan, config: ConfigText, pending: Pending) -> 
 
 async def _resize(parent: Parent, plan: Plan) -> None:
     """A changed ``workers`` count: start the added slots, retire the extra ones."""
-    fleet = parent.fleet
-    wanted = plan.supervisor.workers
-    while len(fleet.slots) < wanted:
-        slot = Slot(len(fleet.slots) + 1)
-        fleet.slots.append(slot)
+    added, removed = parent.fleet.resize(plan.supervisor.workers)
+    for slot in added:
         parent.keep(slot)
-    extra = fleet.slots[wanted:]
-    del fleet.slots[wanted:]
-    for slot in extra:
+    for slot in removed:
         parent.drop(slot)
         if slot.process is not None:
             await _retire(parent, slot.process, plan)

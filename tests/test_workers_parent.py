@@ -1,17 +1,23 @@
 """The parent's side of ``supervisor.workers: N`` in process, without worker processes: hang detection of a worker
-(worker_keeper.exit_of) driven with a fake worker and a stalled loop. The real processes: test_workers.py."""
+(worker_keeper.exit_of) driven with a fake worker and a stalled loop, and the fleet's slots across resizes. The
+real processes: test_workers.py."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import time
+from pathlib import Path
 from typing import cast
 
 import pytest
 
 from supervisor import worker_keeper
+from supervisor.collector import make_registry
+from supervisor.commands import Command, Result
+from supervisor.fleet import Fleet
 from supervisor.worker_process import WorkerProcess
+from tests.helpers import plan_from
 
 CHECK = 0.2  # worker_keeper.HANG_CHECK, shortened for these tests
 HANG = 1.0
@@ -105,3 +111,35 @@ async def test_a_silent_worker_is_killed() -> None:
     assert await asyncio.wait_for(_watch(worker), 10) == -signal.SIGKILL
     assert worker.signals == [signal.SIGKILL]
     assert HANG <= loop.time() - started <= HANG + 3 * CHECK
+
+
+async def _no_commands(command: Command, name: str | None) -> Result:
+    raise AssertionError("no command is expected")
+
+
+async def test_a_slot_number_keeps_its_restart_count_across_a_shrink_and_a_grow(tmp_path: Path) -> None:
+    """supervisor_worker_restarts_total{worker="3"} never goes backwards: a reload to workers: 1 and a later one
+    back to 3 find slot 3's count where it was."""
+    plan = plan_from(tmp_path, """
+        supervisor: {workers: 3}
+        servers:
+          - {name: echo, handler: "supervisor.handlers.echo:handle", port: 0}
+        """)  # fmt: skip
+    fleet = Fleet(plan, {}, _no_commands)
+    registry = make_registry(fleet, "asyncio")
+
+    def restarts(slot: int) -> float | None:
+        return registry.get_sample_value("supervisor_worker_restarts_total", {"worker": str(slot)})
+
+    fleet.slots[1].restarts, fleet.slots[2].restarts = 1, 2  # what the slots' keepers counted: deaths replaced
+    fleet.publish()
+    assert (restarts(2), restarts(3)) == (1.0, 2.0)
+    added, removed = fleet.resize(1)
+    fleet.publish()
+    assert (added, [s.number for s in removed]) == ([], [2, 3])
+    assert (restarts(2), restarts(3)) == (None, None)  # no such worker now
+    added, removed = fleet.resize(3)
+    fleet.publish()
+    assert ([s.number for s in added], removed) == ([2, 3], [])
+    assert (restarts(1), restarts(2), restarts(3)) == (0.0, 1.0, 2.0)
+    assert [w.restarts for w in fleet.snapshot().workers] == [0, 1, 2]
