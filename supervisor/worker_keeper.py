@@ -39,7 +39,7 @@ async def keep(parent: Parent, slot: Slot) -> None:
                 slot.state, slot.started_at = WorkerState.STARTING, None
                 spawned = await parent.spawn(slot.number, parent.config, parent.plan)
                 if slot.process is not None and not slot.process.exited.done():  # a reload's, ready meanwhile
-                    spawned.signal(signal.SIGTERM)
+                    parent.retire(spawned)
                 else:
                     slot.swap(spawned)
         except OSError as exc:  # fork failed (out of memory, process limit)
@@ -81,10 +81,10 @@ async def _serve(parent: Parent, slot: Slot) -> None:
                 LOGGER.info("worker %d (pid %d) ready", slot.number, process.pid)
                 _maybe_ready(fleet)
                 fleet.publish()
-        code = await exit_of(process, hang_after(parent.plan.supervisor.max_loop_lag))
-        fleet.bury(process)
-        if slot.process is not process:  # a reload replaced it: watch its successor
+        code = await exit_of(process, hang_after(parent.plan.supervisor.max_loop_lag), slot)
+        if code is None or slot.process is not process:  # a reload replaced it (and retires it): watch its successor
             continue
+        fleet.bury(process)
         slot.last_exit = f"(pid {process.pid}) {'stopped' if parent.stopping else 'died'}: "
         slot.last_exit += process.exit_reason(code)
         for problem in process.problems:
@@ -102,9 +102,10 @@ def hang_after(max_loop_lag: float) -> float:
     return max(HANG_FLOOR, 2 * max_loop_lag)
 
 
-async def exit_of(process: WorkerProcess, hang: float) -> int:
+async def exit_of(process: WorkerProcess, hang: float, slot: Slot | None = None) -> int | None:
     """Wait for the end of a ready worker; kill it once it has been silent for ``hang`` seconds (gunicorn's worker
     timeout: a handler blocking its loop for good would otherwise hold the connections it accepted for ever).
+    None once it no longer serves in ``slot`` (a reload replaced it: it drains, retired, and is watched no more).
 
     Silence counts only time the parent itself was responsive: when its own loop was blocked (a slow scrape, a GC
     pause, a blocking call) the worker's reports waited unread in the link, and a healthy worker must not be
@@ -114,6 +115,8 @@ async def exit_of(process: WorkerProcess, hang: float) -> int:
     while True:
         if await wire.within(asyncio.shield(process.exited), HANG_CHECK):
             return process.exited.result()
+        if slot is not None and slot.process is not process:
+            return None
         now = loop.time()
         if now - checked > STALL:
             LOGGER.debug("worker %d: the parent's loop stalled %.1fs: its silence counts from now", process.slot,

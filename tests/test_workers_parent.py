@@ -55,7 +55,7 @@ class FakeWorker:
             await asyncio.sleep(every)
 
 
-def _watch(worker: FakeWorker) -> asyncio.Task[int]:
+def _watch(worker: FakeWorker) -> asyncio.Task[int | None]:
     return asyncio.create_task(worker_keeper.exit_of(cast(WorkerProcess, worker), HANG))
 
 
