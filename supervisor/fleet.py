@@ -101,14 +101,18 @@ class Fleet:
     # -- for the parent's coordinator --------------------------------------------------------------------------------
 
     async def fan_out(self, command: Command, name: str) -> Result:
-        """Run a server command (restart, stop, start NAME) in every serving worker, one after the other: the server
-        never stops in every worker at once."""
+        """Run a server command (restart, stop, start NAME) in every serving worker. ``restart``: one worker after the
+        other, so the server never stops in every worker at once; ``stop`` and ``start`` in every worker at once
+        (their end state is the same everywhere). commands.answer_timeout is how long the console waits for it."""
         serving = [
             (s.number, s.process) for s in self.slots if s.process is not None and s.state is WorkerState.RUNNING
         ]
         if not serving:
             return Result(False, "no worker is running (see status)")
-        steps = [await process.command(command, name) for _, process in serving]
+        if command is Command.RESTART:
+            steps = [await process.command(command, name) for _, process in serving]
+        else:
+            steps = list(await asyncio.gather(*(process.command(command, name) for _, process in serving)))
         if all(r.ok for r in steps) and len({r.text for r in steps}) == 1:
             return Result(True, f"{steps[0].text} in {len(steps)} worker(s)")
         return combine([Result(r.ok, f"worker {n}: {r.text}") for (n, _), r in zip(serving, steps, strict=True)])

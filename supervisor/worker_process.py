@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor import logs, wire
-from supervisor.commands import Command, Result
+from supervisor.commands import STEP_TIMEOUT, Command, Result
 from supervisor.state import ChildStatus, ServerStats
 from supervisor.worker import ENV
 
 LOGGER = logging.getLogger("supervisor")
 
 EXIT_GRACE = 2.0  # beyond a worker's own shutdown bound: its interpreter's exit, before it is killed
-COMMAND_TIMEOUT = 30.0  # a worker's answer to restart/stop/start: its own control timeout is 10 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +155,9 @@ class WorkerProcess:
         self._answers[ident] = answer
         self._channel.send({"t": "command", "id": ident, "command": str(command), "name": name})
         try:
-            return await asyncio.wait_for(answer, COMMAND_TIMEOUT)
+            return await asyncio.wait_for(answer, STEP_TIMEOUT)  # as long as the console waits for one process
         except TimeoutError:
-            return Result(False, f"worker {self.slot}: no answer within {COMMAND_TIMEOUT:g}s")
+            return Result(False, f"worker {self.slot}: no answer within {STEP_TIMEOUT:g}s")
         finally:
             self._answers.pop(ident, None)
 

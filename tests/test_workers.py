@@ -598,3 +598,53 @@ def test_a_slot_removed_and_added_again_keeps_its_restarts(tmp_path: Path) -> No
         assert ask(_ports(sp)["ver"]).startswith("v1 ")
         sp.signal(signal.SIGTERM)
         assert sp.wait(30) == 0
+
+
+SLOW_RESTARTS = """
+import asyncio
+import contextlib
+
+STARTS = 0
+
+
+async def answer(reader, writer):
+    writer.write(b"hello\\n")
+    await writer.drain()
+    writer.close()
+
+
+@contextlib.asynccontextmanager
+async def slow_restarts(options):
+    global STARTS
+    STARTS += 1
+    if STARTS > 1:  # a restart: this worker's new generation takes its time to serve
+        await asyncio.sleep(float(options["restart"]))
+    yield answer
+"""
+
+
+def test_a_restart_in_every_worker_one_after_the_other_is_waited_for(tmp_path: Path) -> None:
+    """2 workers x 8.5 s: longer than the console waits for one process (15 s), still answered in full."""
+    (tmp_path / "slow.py").write_text(SLOW_RESTARTS)
+    console = free_port()
+    config = write_config(
+        tmp_path,
+        f"""
+        supervisor: {{workers: 2}}
+        metrics: {{enabled: false}}
+        console: {{port: {console}}}
+        servers:
+          - {{name: slow, handler: "slow:slow_restarts", port: 0, options: {{restart: 8.5}}}}
+        """,
+    )
+    with SupervisorProcess(config) as sp:
+        sp.wait_for(READY)
+        started = time.monotonic()
+        restarted = ctl("--port", str(console), "restart", "slow", timeout=60)
+        took = time.monotonic() - started
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert "in 2 worker(s)" in restarted.stdout
+        assert took > 2 * 8.5  # one worker after the other
+        assert len(re.findall(r"\[w\d\]: server slow listening on \S+ \(generation 2\)", sp.output)) == 2
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0

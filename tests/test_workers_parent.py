@@ -16,6 +16,7 @@ from supervisor import worker_keeper
 from supervisor.collector import make_registry
 from supervisor.commands import Command, Result
 from supervisor.fleet import Fleet
+from supervisor.state import WorkerState
 from supervisor.worker_process import WorkerProcess
 from tests.helpers import plan_from
 
@@ -143,3 +144,40 @@ async def test_a_slot_number_keeps_its_restart_count_across_a_shrink_and_a_grow(
     assert ([s.number for s in added], removed) == ([2, 3], [])
     assert (restarts(1), restarts(2), restarts(3)) == (0.0, 1.0, 2.0)
     assert [w.restarts for w in fleet.snapshot().workers] == [0, 1, 2]
+
+
+class FakeCommands:
+    """A worker that takes ``seconds`` to answer a server command, counting how many run at once."""
+
+    running = 0
+    most = 0
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+
+    async def command(self, command: Command, name: str) -> Result:
+        FakeCommands.running += 1
+        FakeCommands.most = max(FakeCommands.most, FakeCommands.running)
+        try:
+            await asyncio.sleep(self.seconds)  # the worker's own restart of NAME
+        finally:
+            FakeCommands.running -= 1
+        return Result(True, f"{command}ed {name}")
+
+
+@pytest.mark.parametrize(("command", "at_once"), [(Command.RESTART, 1), (Command.STOP, 3), (Command.START, 3)])
+async def test_restart_runs_in_one_worker_after_the_other_stop_and_start_in_all_at_once(
+    tmp_path: Path, command: Command, at_once: int
+) -> None:
+    plan = plan_from(tmp_path, """
+        supervisor: {workers: 3}
+        servers:
+          - {name: echo, handler: "supervisor.handlers.echo:handle", port: 0}
+        """)  # fmt: skip
+    fleet = Fleet(plan, {}, _no_commands)
+    for slot in fleet.slots:
+        slot.process, slot.state = cast(WorkerProcess, FakeCommands()), WorkerState.RUNNING
+    FakeCommands.running = FakeCommands.most = 0
+    result = await asyncio.wait_for(fleet.fan_out(command, "echo"), 10)
+    assert result == Result(True, f"{command}ed echo in 3 worker(s)")
+    assert FakeCommands.most == at_once
