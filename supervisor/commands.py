@@ -59,6 +59,28 @@ _HELP = {
 }
 
 
+# How long control waits, in one place: the supervisor's own wait, the console's (console_commands._submit), a worker's
+# step (worker_process.WorkerProcess.command) and ``ctl``'s default deadline (ctl.ConsoleClient.answer_time).
+CONTROL_TIMEOUT = 10.0  # a server command waits this long for the server to be running (or stopped) again
+STEP_TIMEOUT = CONTROL_TIMEOUT + 5.0  # one process's answer to a server command: posting it, the wait, the answer
+RELOAD_TIMEOUT = 120.0  # a reload's answer: every new generation (or worker) is bounded by its start_timeout
+HOP_SLACK = 5.0  # with workers: the parent's own hop, beyond the workers' steps
+
+
+def answer_timeout(command: Command, workers: int = 0) -> float:
+    """How long the console waits for ``command``'s answer on one server (or a reload's). ``workers``: how many
+    the published snapshot lists (``TreeSnapshot.workers``; 0 in the single process of ``workers: 1``). With
+    workers, ``restart NAME`` runs in one worker after the other (the server is never down in every worker at
+    once), each step bounded by STEP_TIMEOUT, so the wait grows with the workers; ``stop`` and ``start`` run in
+    every worker at once: one step."""
+    if command is Command.RELOAD:
+        return RELOAD_TIMEOUT
+    if workers <= 0:
+        return STEP_TIMEOUT
+    steps = workers if command is Command.RESTART else 1
+    return steps * STEP_TIMEOUT + HOP_SLACK
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     """What a command did. ``ok`` and ``invalid`` decide the exit code of ``ctl``: 0, 1, or 2 when the request

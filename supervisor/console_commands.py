@@ -20,8 +20,18 @@ from typing import Any, TypeVar, cast
 import click
 
 from supervisor import logs
-from supervisor.commands import ACTIONS, ALL, NAMED, TAIL_LINES, Command, Result, combine, parse, resolve
-from supervisor.control import CONTROL_TIMEOUT, RELOAD_TIMEOUT
+from supervisor.commands import (
+    ACTIONS,
+    ALL,
+    NAMED,
+    TAIL_LINES,
+    Command,
+    Result,
+    answer_timeout,
+    combine,
+    parse,
+    resolve,
+)
 from supervisor.status import status_json, status_table
 from supervisor.tree import TreeView
 
@@ -85,7 +95,7 @@ async def _submit(tree: TreeView, command: Command, name: str | None) -> Result:
         future = tree.submit(command, name)
     except RuntimeError:  # not started yet, or its loop is gone
         return Result(False, "the supervisor is not running")
-    wait = RELOAD_TIMEOUT if command is Command.RELOAD else CONTROL_TIMEOUT + 5.0
+    wait = answer_timeout(command, len(tree.snapshot().workers))  # restart NAME: one worker after the other
     what = " ".join(filter(None, (command, name)))
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), wait)

@@ -10,15 +10,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from supervisor.child import Child
-from supervisor.commands import Command, Result
+from supervisor.commands import CONTROL_TIMEOUT, Command, Result
 from supervisor.state import ChildState, TreeSnapshot
 
 LOGGER = logging.getLogger("supervisor")
-
-# How long a control command waits for the server to be running (or stopped) again.
-CONTROL_TIMEOUT = 10.0
-# How long the console waits for a reload's answer: every new generation is bounded by its start_timeout.
-RELOAD_TIMEOUT = 120.0
 
 
 class Coordinator(Protocol):

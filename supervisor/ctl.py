@@ -20,14 +20,14 @@ import socket
 import time
 from types import TracebackType
 
-from supervisor.commands import Result
+from supervisor.commands import ALL, RELOAD_TIMEOUT, Command, Result, answer_timeout
 from supervisor.errors import SupervisorError
 from supervisor.telnet import CPR_ANSWER, CPR_QUERY, NEGOTIATION, split_telnet, strip_ansi
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 20101
-DEFAULT_TIMEOUT = 20.0  # a restart may wait up to the supervisor's CONTROL_TIMEOUT (10 s)
-RELOAD_TIMEOUT = 125.0  # a reload may take the console's RELOAD_TIMEOUT (120 s): new generations start in it
+DEFAULT_TIMEOUT = 20.0  # connecting, and the commands answered at once (status, tail, shutdown)
+ANSWER_SLACK = 5.0  # beyond what the console itself may wait (commands.answer_timeout): its answer's way back
 GOODBYE_TIMEOUT = 2.0
 PROMPT = "supervisor >>> "  # console.PROMPT, repeated so `ctl` does not import aiomonitor
 CTL_RESULT = "ctl-result"
@@ -152,6 +152,22 @@ class ConsoleClient:
         invalid, cursor = bool(body.get("invalid", False)), int(body.get("cursor", 0))
         return Reply(bool(body["ok"]), str(body["text"]), invalid, steps=steps, cursor=cursor)
 
+    def answer_time(self, action: str, names: tuple[str, ...]) -> float:
+        """How long the console may take to answer ``action`` on ``names``: what it waits for each server
+        (commands.answer_timeout), plus ANSWER_SLACK. That grows with the supervisor's workers (``restart`` runs in
+        one worker after the other), which ctl cannot know in advance: for a server command it asks (a ``status
+        --json`` first, answered from the snapshot at once). Asking is simpler than a console answering
+        progressively, and the console keeps the one bound that matters: it always answers within its own wait."""
+        command = Command(action)
+        if command is Command.RELOAD:
+            return RELOAD_TIMEOUT + ANSWER_SLACK
+        if not command.needs_name:
+            return DEFAULT_TIMEOUT
+        status = self.request(Command.STATUS, as_json=True)
+        tree = json.loads(status.text) if status.ok else {}
+        servers = len(tree.get("servers", ())) if names == (ALL,) else len(names)
+        return max(servers, 1) * answer_timeout(command, len(tree.get("workers", ()))) + ANSWER_SLACK
+
     def forget(self) -> None:
         keep = len(CPR_QUERY) - 1  # the start of a query split across two reads is still answered
         del self.data[:-keep]
@@ -218,10 +234,14 @@ def run(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     as_json: bool = False,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = None,
     width: int = 0,
 ) -> Reply:
-    """Connect, run one action, leave. Raises ConsoleUnavailable when no console answers in time."""
-    with ConsoleClient(host, port, timeout) as client:
+    """Connect, run one action, leave. Raises ConsoleUnavailable when no console answers in time: within
+    ``timeout`` seconds in all, or by default within DEFAULT_TIMEOUT to connect and then as long as the console may
+    take to answer (:meth:`ConsoleClient.answer_time`)."""
+    with ConsoleClient(host, port, DEFAULT_TIMEOUT if timeout is None else timeout) as client:
         client.wait_prompt()
+        if timeout is None:
+            client.deadline = time.monotonic() + client.answer_time(action, names)
         return client.request(action, *names, as_json=as_json, width=width)

@@ -14,7 +14,18 @@ import textwrap
 import time
 
 from supervisor import ctl
-from supervisor.commands import ACTIONS, ALL, TAIL_KEPT, TAIL_LINES, Command, Request, Result, parse
+from supervisor.commands import (
+    ACTIONS,
+    ALL,
+    RELOAD_TIMEOUT,
+    STEP_TIMEOUT,
+    TAIL_KEPT,
+    TAIL_LINES,
+    Command,
+    Request,
+    Result,
+    parse,
+)
 from supervisor.config import load_config
 from supervisor.errors import ConfigError
 
@@ -45,7 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (status: the whole tree)")
     p.add_argument(
         "--timeout", type=float,
-        help=f"seconds to wait for an answer (default {ctl.DEFAULT_TIMEOUT:g}; reload: {ctl.RELOAD_TIMEOUT:g})",
+        help="seconds to wait for an answer in all (default: as long as the supervisor may take: restart, stop, start "
+        f"{STEP_TIMEOUT:g}s per server, restart that per worker; reload {RELOAD_TIMEOUT:g}s; else "
+        f"{ctl.DEFAULT_TIMEOUT:g}s)",
     )  # fmt: skip
     p.add_argument("-n", "--lines", type=int, help=f"tail: how many lines (default {TAIL_LINES})")
     p.add_argument("-f", "--follow", action="store_true", help="tail: keep printing new lines until Ctrl-C")
@@ -79,14 +92,14 @@ def main(args: argparse.Namespace) -> Outcome:
             return Outcome.INVALID
         host, port = console.host, console.port
     host, port = args.host or host, args.port or port
-    timeout = args.timeout or (ctl.RELOAD_TIMEOUT if request.command is Command.RELOAD else ctl.DEFAULT_TIMEOUT)
+    timeout = args.timeout or ctl.DEFAULT_TIMEOUT  # status --watch and tail: one status or tail at a time
     try:
         if watching:
             return watch(host, port, interval=interval, as_json=args.json, timeout=timeout)
         if tailing:
             return tail(host, port, request.names[0], lines, follow=args.follow, timeout=timeout)
-        reply = ctl.run(args.action, *request.names, host=host, port=port, as_json=args.json, timeout=timeout,
-                        width=terminal_width())  # fmt: skip
+        reply = ctl.run(args.action, *request.names, host=host, port=port, as_json=args.json,
+                        timeout=args.timeout or None, width=terminal_width())  # fmt: skip
     except ctl.ConsoleUnavailable as exc:
         return _fail(str(exc), Outcome.FAILED)
     return show(request, reply, as_json=args.json)

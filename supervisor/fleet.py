@@ -68,6 +68,7 @@ class Fleet:
         self.config = ConfigStatus(plan.source, plan.digest, time.time(), last_success_at=time.time())
         self.shutting_down = False
         self._dead: dict[str, ServerStats] = {}  # each server's totals from the workers that are gone
+        self._restarts: dict[int, int] = {}  # a removed slot's restarts, by number: for the parent's life
         self._counted: list[WorkerProcess] = []  # whose last report counts, until it is buried
         self._handle = handle
         self._loop = loop
@@ -100,17 +101,37 @@ class Fleet:
     # -- for the parent's coordinator --------------------------------------------------------------------------------
 
     async def fan_out(self, command: Command, name: str) -> Result:
-        """Run a server command (restart, stop, start NAME) in every serving worker, one after the other: the server
-        never stops in every worker at once."""
+        """Run a server command (restart, stop, start NAME) in every serving worker. ``restart``: one worker after the
+        other, so the server never stops in every worker at once; ``stop`` and ``start`` in every worker at once
+        (their end state is the same everywhere). commands.answer_timeout is how long the console waits for it."""
         serving = [
             (s.number, s.process) for s in self.slots if s.process is not None and s.state is WorkerState.RUNNING
         ]
         if not serving:
             return Result(False, "no worker is running (see status)")
-        steps = [await process.command(command, name) for _, process in serving]
+        if command is Command.RESTART:
+            steps = [await process.command(command, name) for _, process in serving]
+        else:
+            steps = list(await asyncio.gather(*(process.command(command, name) for _, process in serving)))
         if all(r.ok for r in steps) and len({r.text for r in steps}) == 1:
             return Result(True, f"{steps[0].text} in {len(steps)} worker(s)")
         return combine([Result(r.ok, f"worker {n}: {r.text}") for (n, _), r in zip(serving, steps, strict=True)])
+
+    def resize(self, wanted: int) -> tuple[list[Slot], list[Slot]]:
+        """``wanted`` slots from now on (a reload changed ``workers``): the slots added and the ones removed. A slot
+        number keeps its restart count for the parent's life: a reload that shrinks the workers and a later one
+        that grows them again must not reset ``supervisor_worker_restarts_total`` (Prometheus reads a drop as a
+        counter reset)."""
+        added = []
+        while len(self.slots) < wanted:
+            number = len(self.slots) + 1
+            added.append(Slot(number, restarts=self._restarts.pop(number, 0)))
+            self.slots.append(added[-1])
+        removed = self.slots[wanted:]
+        del self.slots[wanted:]
+        for slot in removed:
+            self._restarts[slot.number] = slot.restarts
+        return added, removed
 
     def processes(self) -> list[WorkerProcess]:
         """Every live worker process: the slots', the retiring ones', and one a reload is starting."""

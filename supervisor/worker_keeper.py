@@ -25,6 +25,7 @@ LOGGER = logging.getLogger("supervisor")
 READY_SLACK = 10.0  # beyond the slowest server's start_timeout: the worker's interpreter start and imports
 HANG_FLOOR = 5.0  # seconds: a worker is never taken for hung sooner
 HANG_CHECK = 1.0  # how often a ready worker's silence is checked
+STALL = 2 * HANG_CHECK  # a longer gap between two checks: the parent's own loop was blocked meanwhile
 WORKER_BACKOFF = BackoffSpec()  # between deaths of one slot's workers: 0.1 s doubling up to 5 s, with jitter
 
 
@@ -38,7 +39,7 @@ async def keep(parent: Parent, slot: Slot) -> None:
                 slot.state, slot.started_at = WorkerState.STARTING, None
                 spawned = await parent.spawn(slot.number, parent.config, parent.plan)
                 if slot.process is not None and not slot.process.exited.done():  # a reload's, ready meanwhile
-                    spawned.signal(signal.SIGTERM)
+                    parent.retire(spawned)
                 else:
                     slot.swap(spawned)
         except OSError as exc:  # fork failed (out of memory, process limit)
@@ -80,10 +81,10 @@ async def _serve(parent: Parent, slot: Slot) -> None:
                 LOGGER.info("worker %d (pid %d) ready", slot.number, process.pid)
                 _maybe_ready(fleet)
                 fleet.publish()
-        code = await _exit_of(process, hang_after(parent.plan.supervisor.max_loop_lag))
-        fleet.bury(process)
-        if slot.process is not process:  # a reload replaced it: watch its successor
+        code = await exit_of(process, hang_after(parent.plan.supervisor.max_loop_lag), slot)
+        if code is None or slot.process is not process:  # a reload replaced it (and retires it): watch its successor
             continue
+        fleet.bury(process)
         slot.last_exit = f"(pid {process.pid}) {'stopped' if parent.stopping else 'died'}: "
         slot.last_exit += process.exit_reason(code)
         for problem in process.problems:
@@ -101,14 +102,28 @@ def hang_after(max_loop_lag: float) -> float:
     return max(HANG_FLOOR, 2 * max_loop_lag)
 
 
-async def _exit_of(process: WorkerProcess, hang: float) -> int:
+async def exit_of(process: WorkerProcess, hang: float, slot: Slot | None = None) -> int | None:
     """Wait for the end of a ready worker; kill it once it has been silent for ``hang`` seconds (gunicorn's worker
-    timeout: a handler blocking its loop for good would otherwise hold the connections it accepted for ever)."""
+    timeout: a handler blocking its loop for good would otherwise hold the connections it accepted for ever).
+    None once it no longer serves in ``slot`` (a reload replaced it: it drains, retired, and is watched no more).
+
+    Silence counts only time the parent itself was responsive: when its own loop was blocked (a slow scrape, a GC
+    pause, a blocking call) the worker's reports waited unread in the link, and a healthy worker must not be
+    killed for that. So a gap of more than STALL between two checks starts the silence afresh at that check."""
     loop = asyncio.get_running_loop()
+    checked = since = loop.time()
     while True:
         if await wire.within(asyncio.shield(process.exited), HANG_CHECK):
             return process.exited.result()
-        silent = loop.time() - process.reported_at
+        if slot is not None and slot.process is not process:
+            return None
+        now = loop.time()
+        if now - checked > STALL:
+            LOGGER.debug("worker %d: the parent's loop stalled %.1fs: its silence counts from now", process.slot,
+                         now - checked)  # fmt: skip
+            since = now
+        checked = now
+        silent = now - max(process.reported_at, since)
         if silent > hang:
             LOGGER.error(
                 "worker %d (pid %d) sent nothing for %.1fs: its event loop is blocked; killing it",

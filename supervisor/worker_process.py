@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor import logs, wire
-from supervisor.commands import Command, Result
+from supervisor.commands import STEP_TIMEOUT, Command, Result
 from supervisor.state import ChildStatus, ServerStats
 from supervisor.worker import ENV
 
 LOGGER = logging.getLogger("supervisor")
 
 EXIT_GRACE = 2.0  # beyond a worker's own shutdown bound: its interpreter's exit, before it is killed
-COMMAND_TIMEOUT = 30.0  # a worker's answer to restart/stop/start: its own control timeout is 10 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +37,12 @@ class ConfigText:
 
 
 class WorkerProcess:
-    def __init__(self, slot: int, config: ConfigText, on_report: Callable[[WorkerProcess], None]) -> None:
+    def __init__(
+        self, slot: int, config: ConfigText, on_report: Callable[[WorkerProcess], None], shutdown_timeout: float
+    ) -> None:
         self.slot = slot
         self.config = config
+        self.drain_bound = shutdown_timeout + EXIT_GRACE  # after SIGTERM: its own drain's bound, then its exit
         self.pid = 0
         self.children: tuple[ChildStatus, ...] = ()
         self.stats: dict[str, ServerStats] = {}
@@ -52,6 +54,8 @@ class WorkerProcess:
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()  # its tree serves: resolved once
         self.exited: asyncio.Future[int] = loop.create_future()  # its exit status (negative: killed by a signal)
+        # it reported its shutdown (its servers stopped accepting before that report), or it exited
+        self.stopped_accepting: asyncio.Future[None] = loop.create_future()
         self._on_report = on_report
         self._proc: asyncio.subprocess.Process | None = None
         self._channel: wire.Channel | None = None
@@ -102,6 +106,8 @@ class WorkerProcess:
         if not self.ready.done():
             self.ready.set_exception(RuntimeError(self.exit_reason(code)))
             self.ready.exception()  # retrieved: a caller may never await a worker that died starting
+        if not self.stopped_accepting.done():
+            self.stopped_accepting.set_result(None)
         self.exited.set_result(code)
 
     async def _read(self, channel: wire.Channel) -> None:
@@ -132,6 +138,8 @@ class WorkerProcess:
             logs.RECENT.keep(server, line)
         if message["ready"] and not self.ready.done():
             self.ready.set_result(None)
+        if message.get("shutting_down") and not self.stopped_accepting.done():
+            self.stopped_accepting.set_result(None)
         self._on_report(self)
 
     async def settled(self) -> None:
@@ -147,9 +155,9 @@ class WorkerProcess:
         self._answers[ident] = answer
         self._channel.send({"t": "command", "id": ident, "command": str(command), "name": name})
         try:
-            return await asyncio.wait_for(answer, COMMAND_TIMEOUT)
+            return await asyncio.wait_for(answer, STEP_TIMEOUT)  # as long as the console waits for one process
         except TimeoutError:
-            return Result(False, f"worker {self.slot}: no answer within {COMMAND_TIMEOUT:g}s")
+            return Result(False, f"worker {self.slot}: no answer within {STEP_TIMEOUT:g}s")
         finally:
             self._answers.pop(ident, None)
 

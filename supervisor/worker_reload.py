@@ -2,8 +2,10 @@
 file and checks it (without importing handlers: its own modules would be the old code), binds what is new, then
 rolls the workers one at a time: a new worker, started with the new text and importing the handlers afresh, must
 be ready before the old one in its slot stops accepting and drains (pm2 kills the old one after a timeout
-whether or not the new one is ready: Unitech/pm2#3143). The first new worker is the canary: if it does not become
-ready, nothing has changed and the old workers serve on.
+whether or not the new one is ready: Unitech/pm2#3143). The old one drains in the background (worker_retire.py):
+the roll goes on to the next slot at once, and answers once every slot's new worker is ready, so a reload takes
+N worker starts, not N drains. The first new worker is the canary: if it does not become ready, nothing has
+changed and the old workers serve on.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from supervisor.plan import Plan
 from supervisor.planfile import plan_from_text, problem_report
 from supervisor.state import WorkerState
 from supervisor.worker_keeper import READY_SLACK
-from supervisor.worker_process import EXIT_GRACE, ConfigText, WorkerProcess
+from supervisor.worker_process import EXIT_GRACE, ConfigText
 
 if TYPE_CHECKING:
     from supervisor.workers import Parent
@@ -72,11 +74,12 @@ async def _roll(parent: Parent, path: str) -> Result:
     except OSError as exc:
         return Result(False, f"reload failed: {exc.strerror}; the running config is unchanged")
     config = ConfigText(path, text, digest)
+    drain = parent.plan.supervisor.shutdown_timeout  # the old workers' own bound
     slots = parent.fleet.slots[: plan.supervisor.workers]
     behind: list[int] = []  # slots whose new worker failed after the canary's success
     try:
         for n, slot in enumerate(slots):
-            if (failure := await _replace(parent, slot, config, plan, pending)) is None:
+            if (failure := await _replace(parent, slot, config, plan, pending, canary=n == 0)) is None:
                 if n == 0:  # the canary serves the new config: from here on it is the config
                     _adopt(parent, plan, config, pending)
                 continue
@@ -87,18 +90,21 @@ async def _roll(parent: Parent, path: str) -> Result:
                          failure)  # fmt: skip
             behind.append(slot.number)
             if slot.process is not None and not slot.process.exited.done():
-                await _retire(parent, slot.process, plan)
+                slot.state = WorkerState.STOPPING  # draining; then its keeper starts the new config in the slot
+                parent.retire(slot.process)
+                parent.fleet.publish()
     finally:
         for sock, ours in pending.values():  # not adopted (the canary failed, or the reload was cut): closed again
             sockets.remove_file(sock.getsockname() if sock.family == socket.AF_UNIX else "", ours)
             sock.close()
-    await _resize(parent, plan)
+    _resize(parent, plan)
     parent.close_sockets([name for name in parent.sockets if name not in {s.name for s in plan.servers}])
     if behind:
         return Result(False, f"reload applied by the canary, but worker(s) {behind} failed to start it and are being "
                              "replaced by their slots with the new config; see the log")  # fmt: skip
     return Result(True, f"reload applied: {len(slots)} worker(s) replaced one at a time, each new one ready before "
-                        f"the old one stopped (config {digest[:12]}, handler code imported afresh)")  # fmt: skip
+                        f"the old one stopped accepting; the old ones drain their connections in the background, "
+                        f"within {drain:g}s (config {digest[:12]}, handler code imported afresh)")  # fmt: skip
 
 
 Pending = dict[str, tuple[socket.socket, "tuple[int, int] | None"]]
@@ -123,7 +129,9 @@ def _bind_new(parent: Parent, plan: Plan) -> Pending:
     return pending
 
 
-async def _replace(parent: Parent, slot: Slot, config: ConfigText, plan: Plan, pending: Pending) -> str | None:
+async def _replace(
+    parent: Parent, slot: Slot, config: ConfigText, plan: Plan, pending: Pending, *, canary: bool
+) -> str | None:
     """Start slot's successor; once it is ready, retire the old one (stop accepting, drain). None, or why not."""
     fleet = parent.fleet
     new = await parent.spawn(slot.number, config, plan, {name: sock for name, (sock, _) in pending.items()})
@@ -134,7 +142,11 @@ async def _replace(parent: Parent, slot: Slot, config: ConfigText, plan: Plan, p
         new.signal(signal.SIGKILL)
         raise
     if not new.ready.done() or new.ready.exception() is not None:
-        await _retire(parent, new, plan)  # it may serve some servers already: they drain, bounded
+        # it may serve some servers already: they drain, bounded; the canary's failure is answered once it is gone
+        # (a second reload must find the ports the failed one bound free again), a later slot's in the background
+        retired = parent.retire(new)
+        if canary:
+            await retired
         if new.problems:
             for problem in new.problems:
                 LOGGER.error("reload: %s", problem)
@@ -148,25 +160,18 @@ async def _replace(parent: Parent, slot: Slot, config: ConfigText, plan: Plan, p
     LOGGER.info("reload: worker %d (pid %d) ready; stopping its predecessor (pid %d)", slot.number, new.pid,
                 old.pid if old else 0)  # fmt: skip
     fleet.publish()
-    if old is not None and not old.exited.done():
-        await _retire(parent, old, plan)
+    if old is not None:
+        parent.retire(old)  # it stops accepting at once and drains in the background
+        # the roll goes on once it says so (its next report, within moments), not after its drain: starting the next
+        # new worker in that instant took the CPU from the old one's last accepts (a connection accepted as its
+        # listener closes is reset: listener.dispatch), measured as resets under load in test_workers
+        await wire.within(asyncio.shield(old.stopped_accepting), EXIT_GRACE)
     return None
-
-
-async def _retire(parent: Parent, old: WorkerProcess, plan: Plan) -> None:
-    fleet = parent.fleet
-    old.signal(signal.SIGTERM)
-    bound = plan.supervisor.shutdown_timeout + EXIT_GRACE
-    if not await wire.within(asyncio.shield(old.exited), bound):
-        old.signal(signal.SIGKILL)
-        await asyncio.shield(old.exited)
-    fleet.bury(old)
-    fleet.publish()
 
 
 def _adopt(parent: Parent, plan: Plan, config: ConfigText, pending: Pending) -> None:
     """The canary serves ``plan``: it is the parent's now. A moved server's old socket stays open (as NAME@old)
-    until the old workers are gone."""
+    until the roll is over (a draining old worker holds its own copy until it exits)."""
     backlogs = {s.name: s.backlog for s in parent.plan.servers}
     for server in plan.servers:
         if server.name not in pending and backlogs.get(server.name, server.backlog) != server.backlog:
@@ -183,17 +188,12 @@ def _adopt(parent: Parent, plan: Plan, config: ConfigText, pending: Pending) -> 
     parent.retune(plan)
 
 
-async def _resize(parent: Parent, plan: Plan) -> None:
-    """A changed ``workers`` count: start the added slots, retire the extra ones."""
-    fleet = parent.fleet
-    wanted = plan.supervisor.workers
-    while len(fleet.slots) < wanted:
-        slot = Slot(len(fleet.slots) + 1)
-        fleet.slots.append(slot)
+def _resize(parent: Parent, plan: Plan) -> None:
+    """A changed ``workers`` count: start the added slots, retire the extra ones (they drain in the background)."""
+    added, removed = parent.fleet.resize(plan.supervisor.workers)
+    for slot in added:
         parent.keep(slot)
-    extra = fleet.slots[wanted:]
-    del fleet.slots[wanted:]
-    for slot in extra:
+    for slot in removed:
         parent.drop(slot)
         if slot.process is not None:
-            await _retire(parent, slot.process, plan)
+            parent.retire(slot.process)

@@ -3,7 +3,8 @@ N worker processes (worker.py) run the supervision tree on those sockets (the gu
 SO_REUSEPORT: a dying worker's accept queue would be reset with it). A dead worker is replaced with backoff;
 too many deaths in the restart window and the parent shuts down in order and exits 1. SIGTERM: every worker
 drains in parallel, bounded (a second signal is passed on: it cuts their waits), then the sockets close.
-A reload rolls the workers one at a time (worker_reload.py). Views read the workers through fleet.Fleet.
+A reload rolls the workers one at a time (worker_reload.py); the old ones drain in the background
+(worker_retire.py). Views read the workers through fleet.Fleet.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from supervisor.status import status_table
 from supervisor.tree import View
 from supervisor.worker_keeper import keep
 from supervisor.worker_process import EXIT_GRACE, ConfigText, WorkerProcess
+from supervisor.worker_retire import Retirees
 
 LOGGER = logging.getLogger("supervisor")
 
@@ -71,6 +73,7 @@ class Parent:
         self.stop_reason = ""
         self._intensity = Intensity(plan.supervisor.max_restarts, plan.supervisor.restart_window, loop.time)
         self._keepers: dict[int, asyncio.Task[None]] = {}
+        self._retirees = Retirees(self.fleet)
         self.rolling: asyncio.Task[Result] | None = None  # the one reload under way
 
     # -- control ---------------------------------------------------------------------------------------------------
@@ -147,7 +150,7 @@ class Parent:
         self, slot_number: int, config: ConfigText, plan: Plan, pending: dict[str, socket.socket] | None = None
     ) -> WorkerProcess:
         """A worker for ``plan`` on the parent's sockets (and a reload's ``pending`` ones, bound for it)."""
-        process = WorkerProcess(slot_number, config, self.fleet.publish)
+        process = WorkerProcess(slot_number, config, self.fleet.publish, plan.supervisor.shutdown_timeout)
         self.fleet.count(process)
         mine = {**self.sockets, **(pending or {})}
         try:
@@ -156,6 +159,10 @@ class Parent:
             self.fleet.bury(process)
             raise
         return process
+
+    def retire(self, process: WorkerProcess) -> asyncio.Future[None]:
+        """SIGTERM ``process`` once and let it drain in the background, bounded (done once it is gone and buried)."""
+        return self._retirees.retire(process)
 
     async def wait_stop(self, timeout: float) -> None:
         """Return after ``timeout`` seconds, or at once when the shutdown begins."""
@@ -190,7 +197,7 @@ class Parent:
         exits = [p.exited for p in processes]
         if exits:
             every = asyncio.ensure_future(_every(exits))
-            bound = self.plan.supervisor.shutdown_timeout + EXIT_GRACE  # each worker bounds its own drain
+            bound = max(p.drain_bound for p in processes)  # each worker bounds its own drain
             await asyncio.wait([every, self._force], timeout=bound, return_when=asyncio.FIRST_COMPLETED)
             if not every.done() and self._force.done():
                 await asyncio.wait([every], timeout=EXIT_GRACE)  # the workers cut their waits too
@@ -203,6 +210,7 @@ class Parent:
         for task in self._keepers.values():
             task.cancel()
         await asyncio.gather(*self._keepers.values(), return_exceptions=True)
+        await self._retirees.close()
         for process in processes:
             fleet.bury(process)
         for slot in fleet.slots:

@@ -4,13 +4,24 @@ console's help and the README all show what commands.py says."""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 
 import pytest
 
-from supervisor import cli, ctl_cli
-from supervisor.commands import Command, Request, Result, combine, parse, resolve
+from supervisor import cli, ctl, ctl_cli
+from supervisor.commands import (
+    RELOAD_TIMEOUT,
+    STEP_TIMEOUT,
+    Command,
+    Request,
+    Result,
+    answer_timeout,
+    combine,
+    parse,
+    resolve,
+)
 from tests.proc import REPO
 
 SERVERS = ("echo", "http", "chat")  # start order
@@ -66,6 +77,51 @@ def test_several_results_are_ok_only_if_every_one_is() -> None:
 
 def _words(text: str) -> str:
     return " ".join(text.split())
+
+
+def test_the_console_waits_for_a_restart_in_every_worker_one_after_the_other() -> None:
+    """With workers: N, restart NAME runs in one worker after the other, each step as long as a single process
+    may take (its CONTROL_TIMEOUT and the way there and back): the console's wait grows with N. stop and start
+    run in every worker at once."""
+    assert STEP_TIMEOUT == 15.0
+    for command in (Command.RESTART, Command.STOP, Command.START, Command.SHUTDOWN):
+        assert answer_timeout(command) == answer_timeout(command, 0) == STEP_TIMEOUT  # the single process
+    assert answer_timeout(Command.RESTART, 2) == 2 * STEP_TIMEOUT + 5.0
+    assert answer_timeout(Command.RESTART, 8) == 8 * STEP_TIMEOUT + 5.0
+    assert answer_timeout(Command.STOP, 8) == answer_timeout(Command.START, 8) == STEP_TIMEOUT + 5.0
+    assert answer_timeout(Command.RELOAD, 8) == answer_timeout(Command.RELOAD) == RELOAD_TIMEOUT
+
+
+SLACK = ctl.ANSWER_SLACK
+TWO = 2 * STEP_TIMEOUT + 5.0  # a restart in 2 workers
+
+
+@pytest.mark.parametrize(
+    ("action", "names", "status", "expected"),
+    [
+        ("restart", ("echo",), {"servers": [{}, {}]}, STEP_TIMEOUT + SLACK),  # the single process: no workers listed
+        ("restart", ("echo",), {"servers": [{}], "workers": [{}] * 4}, 4 * STEP_TIMEOUT + 5.0 + SLACK),
+        ("restart", ("echo", "web"), {"servers": [{}, {}], "workers": [{}] * 2}, 2 * TWO + SLACK),  # one by one
+        ("restart", ("all",), {"servers": [{}] * 3, "workers": [{}] * 2}, 3 * TWO + SLACK),
+        ("stop", ("all",), {"servers": [{}] * 3, "workers": [{}] * 2}, 3 * (STEP_TIMEOUT + 5.0) + SLACK),
+        ("reload", (), None, RELOAD_TIMEOUT + SLACK),
+        ("shutdown", (), None, ctl.DEFAULT_TIMEOUT),
+    ],
+)
+def test_ctl_waits_as_long_as_the_console_may_for_the_workers_it_asked_about(
+    monkeypatch: pytest.MonkeyPatch, action: str, names: tuple[str, ...], status: object, expected: float
+) -> None:
+    """ctl cannot know the workers in advance: for a server command it asks for the status first."""
+    client = ctl.ConsoleClient()
+    asked: list[str] = []
+
+    def request(action: str, *names: str, as_json: bool = False) -> Result:
+        asked.append(action)
+        return Result(True, json.dumps(status))
+
+    monkeypatch.setattr(client, "request", request)
+    assert client.answer_time(action, names) == expected
+    assert asked == (["status"] if status is not None else [])
 
 
 def test_ctl_help_and_the_readme_say_what_commands_py_says() -> None:

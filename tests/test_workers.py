@@ -126,7 +126,7 @@ class Load:
             except ConnectionRefusedError:
                 self.refused += 1
             except OSError as exc:
-                self.failed.append(repr(exc))
+                self.failed.append(repr(exc) + " at " + time.strftime("%H:%M:%S") + f".{time.time() % 1:.3f}")
             else:
                 self.answers[version] += 1
                 self.pids.add(pid)
@@ -232,14 +232,18 @@ def test_a_rolling_reload_deploys_new_code_with_no_request_lost(tmp_path: Path) 
         assert load.refused == 0
         assert load.failed == []
         assert ask(port).startswith("v2 ")
-        # each new worker was ready before its predecessor stopped accepting (the workers' own clocks: one system)
-        after = sp.output[sp.output.index("reload (SIGHUP): reading") :]
+
+        # each new worker was ready before its predecessor stopped accepting (the workers' own clocks: one system);
+        # the reload answers before the old workers' drains: the workers' lines may come after the answer
+        ready, stopping = "supervisor ready:", r"shutting down \(SIGTERM\)"
+
+        def lines(slot: int, what: str) -> list[str]:
+            after = sp.output[sp.output.index("reload (SIGHUP): reading") :]
+            return re.findall(rf"^(\S+ \S+) INFO supervisor \[w{slot}\]: {what}", after, re.M)
+
+        until(lambda: all(lines(n, ready) and lines(n, stopping) for n in (1, 2)), what="each worker's lines")
         for slot in (1, 2):
-            ready = re.findall(rf"^(\S+ \S+) INFO supervisor \[w{slot}\]: supervisor ready:", after, re.M)
-            stopping = re.findall(rf"^(\S+ \S+) INFO supervisor \[w{slot}\]: shutting down \(SIGTERM\)", after, re.M)
-            assert ready, after
-            assert stopping, after
-            assert ready[0] <= stopping[0], after
+            assert lines(slot, ready)[0] <= lines(slot, stopping)[0], sp.output
         # new code that does not import: the canary never serves, the old workers go on, ctl exits 2
         (tmp_path / "ver.py").write_text("def handle(:\n")
         refused = ctl("--port", str(console), "reload")
@@ -435,3 +439,212 @@ def test_sigterm_during_a_rolling_reload_stops_every_worker(tmp_path: Path) -> N
         pids = _pids_started(sp)
     assert len(pids) == 3
     until(lambda: not any(_alive(p) for p in pids), timeout=10, what=f"every worker of {pids} exited")
+
+
+HOLD = """
+import asyncio
+import os
+import pathlib
+
+RELEASE = pathlib.Path(__file__).with_name("release")
+
+
+async def handle(reader, writer):
+    await reader.readline()
+    writer.write(f"held {os.getpid()}\\n".encode())
+    await writer.drain()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while not RELEASE.exists() and loop.time() < deadline:  # a slow request, in flight until the test lets it end
+        await asyncio.sleep(0.05)
+    writer.write(f"done {os.getpid()}\\n".encode())
+    await writer.drain()
+    writer.close()
+"""
+
+
+def _line(sock: socket.socket) -> str:
+    """One answer line (the socket's timeout bounds each read; 100 reads at most)."""
+    data = b""
+    for _ in range(100):
+        if data.endswith(b"\n"):
+            break
+        chunk = sock.recv(100)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    return data.decode().strip()
+
+
+def _hold(port: int) -> tuple[int, socket.socket]:
+    """A request in flight: the worker that took it (its pid) holds it until the release file appears."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"hold\n")
+    held, pid = _line(sock).split()
+    assert held == "held"
+    return int(pid), sock
+
+
+def test_a_reload_answers_once_the_new_workers_serve_while_the_old_ones_drain(tmp_path: Path) -> None:
+    (tmp_path / "hold.py").write_text(HOLD)
+    console = free_port()
+    config = write_config(
+        tmp_path,
+        f"""
+        supervisor: {{workers: 2, shutdown_timeout: 20s}}
+        metrics: {{enabled: false}}
+        console: {{port: {console}}}
+        servers:
+          - {{name: hold, handler: "hold:handle", port: 0, shutdown_timeout: 20s}}
+        """,
+    )
+    with SupervisorProcess(config) as sp:
+        port = _ports(sp)["hold"]
+        old = set(_worker_pids(sp).values())
+        held: list[tuple[int, socket.socket]] = []
+        for _ in range(100):  # until each old worker has one in flight (the kernel picks the worker)
+            held.append(_hold(port))
+            if {pid for pid, _ in held} == old:
+                break
+        assert {pid for pid, _ in held} == old
+        started = time.monotonic()
+        reloaded = ctl("--port", str(console), "reload", timeout=90)
+        took = time.monotonic() - started
+        assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+        assert "the old ones drain their connections in the background, within 20s" in reloaded.stdout
+        assert took < 15, f"the reload answered after {took:.1f}s: it waited for the old workers' drains"
+        for _, sock in held:  # answered while every old worker still has its request in flight
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(100)
+            sock.settimeout(30)
+        assert all(_alive(pid) for pid in old)
+        new = set(_worker_pids(sp).values())
+        assert len(new) == 2
+        assert not new & old
+        taker, fresh = _hold(port)  # a new connection goes to a new worker: the old ones stopped accepting
+        assert taker in new
+        # a shutdown now waits for the draining old workers too, without a second SIGTERM (it would cut their drain)
+        sp.signal(signal.SIGTERM)
+        sp.wait_for(r"shutdown \(SIGTERM\): stopping 4 worker process\(es\)")
+        (tmp_path / "release").touch()
+        for pid, sock in [*held, (taker, fresh)]:
+            assert _line(sock) == f"done {pid}"  # the in-flight requests complete, on the workers that took them
+            sock.close()
+        assert sp.wait(30) == 0
+    assert "second stop request" not in sp.output
+    assert sp.output.count("]: exit 0") == 4
+
+
+def test_a_retired_worker_that_does_not_end_its_drain_in_time_is_killed(tmp_path: Path) -> None:
+    _write_handler(tmp_path, "v1")
+    console = free_port()
+    config = write_config(
+        tmp_path,
+        f"""
+        supervisor: {{workers: 2, shutdown_timeout: 1s}}
+        metrics: {{enabled: false}}
+        console: {{port: {console}}}
+        servers:
+          - {{name: ver, handler: "ver:handle", port: 0}}
+        """,
+    )
+    with SupervisorProcess(config) as sp:
+        port = _ports(sp)["ver"]
+        blocker = socket.create_connection(("127.0.0.1", port), timeout=30)
+        blocker.sendall(b"x\nblock\n")  # answered by the old worker that took it, whose loop then blocks for 60 s
+        victim = int(_line(blocker).split()[1])
+        reloaded = ctl("--port", str(console), "reload")
+        assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+        sp.wait_for(rf"worker \d \(pid {victim}\) still draining after 3s: killing it")
+        sp.wait_for(rf"worker \d \(pid {victim}\) retired: killed by SIGKILL")
+        assert ask(port).startswith("v1 ")
+        blocker.close()
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+
+
+def test_a_slot_removed_and_added_again_keeps_its_restarts(tmp_path: Path) -> None:
+    """A reload to fewer workers retires the extra slots' workers (they drain in the background); one back to more
+    finds slot 3's restart count where it was: supervisor_worker_restarts_total never goes backwards."""
+    _write_handler(tmp_path, "v1")
+    metrics, console = free_port(), free_port()
+    text = f"""
+        supervisor: {{workers: WORKERS}}
+        metrics: {{port: {metrics}}}
+        console: {{port: {console}}}
+        servers:
+          - {{name: ver, handler: "ver:handle", port: 0}}
+        """
+    config = write_config(tmp_path, text.replace("WORKERS", "3"))
+    restarts = 'supervisor_worker_restarts_total{worker="3"}'
+    with SupervisorProcess(config) as sp:
+        assert sp.wait_for(READY)[1] == "3"
+        victim = _worker_pids(sp)[3]
+        os.kill(victim, signal.SIGKILL)
+        sp.wait_for(rf"worker 3 \(pid (?!{victim})\d+\) ready")
+        until(lambda: scrape(metrics).get(restarts) == 1.0, what="slot 3 restarted once")
+        third = _worker_pids(sp)[3]
+        write_config(tmp_path, text.replace("WORKERS", "2"))
+        shrunk = ctl("--port", str(console), "reload")
+        assert shrunk.returncode == 0, shrunk.stdout + shrunk.stderr
+        sp.wait_for(rf"worker 3 \(pid {third}\) retired: exit 0")
+        assert restarts not in scrape(metrics)
+        write_config(tmp_path, text.replace("WORKERS", "3"))
+        grown = ctl("--port", str(console), "reload")
+        assert grown.returncode == 0, grown.stdout + grown.stderr
+        until(lambda: scrape(metrics).get("supervisor_workers") == 3.0, what="3 workers serving")
+        assert scrape(metrics)[restarts] == 1.0
+        assert ask(_ports(sp)["ver"]).startswith("v1 ")
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+
+
+SLOW_RESTARTS = """
+import asyncio
+import contextlib
+
+STARTS = 0
+
+
+async def answer(reader, writer):
+    writer.write(b"hello\\n")
+    await writer.drain()
+    writer.close()
+
+
+@contextlib.asynccontextmanager
+async def slow_restarts(options):
+    global STARTS
+    STARTS += 1
+    if STARTS > 1:  # a restart: this worker's new generation takes its time to serve
+        await asyncio.sleep(float(options["restart"]))
+    yield answer
+"""
+
+
+def test_a_restart_in_every_worker_one_after_the_other_is_waited_for(tmp_path: Path) -> None:
+    """2 workers x 8.5 s: longer than the console waits for one process (15 s), still answered in full."""
+    (tmp_path / "slow.py").write_text(SLOW_RESTARTS)
+    console = free_port()
+    config = write_config(
+        tmp_path,
+        f"""
+        supervisor: {{workers: 2}}
+        metrics: {{enabled: false}}
+        console: {{port: {console}}}
+        servers:
+          - {{name: slow, handler: "slow:slow_restarts", port: 0, options: {{restart: 8.5}}}}
+        """,
+    )
+    with SupervisorProcess(config) as sp:
+        sp.wait_for(READY)
+        started = time.monotonic()
+        restarted = ctl("--port", str(console), "restart", "slow", timeout=60)
+        took = time.monotonic() - started
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert "in 2 worker(s)" in restarted.stdout
+        assert took > 2 * 8.5  # one worker after the other
+        assert len(re.findall(r"\[w\d\]: server slow listening on \S+ \(generation 2\)", sp.output)) == 2
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
