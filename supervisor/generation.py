@@ -22,11 +22,12 @@ from typing import Any
 
 from supervisor import protocols, session, sockets
 from supervisor.address import Address
-from supervisor.connections import Connections, ProtocolConnections
+from supervisor.connections import Connections
 from supervisor.errors import StartTimeout, StopServer
 from supervisor.handler import ProtocolFactory, ServerContext, open_handler, open_protocol, set_current
 from supervisor.listener import Listener
 from supervisor.plan import ServerPlan
+from supervisor.protocol_connections import ProtocolConnections
 from supervisor.state import ServerStats
 from supervisor.streams import Reader
 
@@ -158,6 +159,7 @@ class Generation:
             if not self.ready.done():
                 self.ready.cancel()  # stopped in the instant its lifespan finished entering
             self.listener.detach(self)
+            self.listener.drained(self)
             self._set_draining()
             self.conns.cancel_all()
 
@@ -194,6 +196,7 @@ class Generation:
         self._exit_by = loop.time() + budget
         self._set_draining()  # draining starts now, not at the stop: at shutdown each server waits its turn
         await self.conns.drain(budget, self._force, spare_fresh=self.spare_fresh)
+        self.listener.drained(self)
 
     async def _exit(self, lifespan: AbstractAsyncContextManager[Any], exc: BaseException | None) -> bool:
         """Exit the lifespan within what is left of the budget; True if it suppressed ``exc``."""

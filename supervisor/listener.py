@@ -4,6 +4,9 @@ Restarts never close it: each accepted connection goes to the generation accepti
 next one attaches. Closing a Server while an accept is under way makes asyncio drop that connection silently
 (``Server._attach`` asserts), so a restart must not close anything; closing for good is done with care.
 ``max_connections`` counts parked connections too: a long restart gap cannot pile them up without bound.
+Once closed for good, a connection accepted in that instant (or parked) goes to the generation that stopped last
+while it drains -- its *heir* -- instead of a reset: with workers the others share the socket, and this one had
+already taken it from the accept queue (a rolling reload's old worker reset such connections).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Listener:
         self._file = sockets.identity(sock)  # a unix socket's file, removed when it closes for good
         self._tls = Terminator(plan.tls, stats) if plan.tls else None
         self.current: Generation | None = None
+        self._heir: Generation | None = None  # the generation that stopped last, until its drain is over
         self._next: asyncio.Future[Generation | None] | None = None
         self._server: asyncio.Server | None = None
         self._closed = False
@@ -93,6 +97,16 @@ class Listener:
     def detach(self, gen: Generation) -> None:
         if self.current is gen:
             self.current = None
+            self._heir = gen
+
+    def drained(self, gen: Generation) -> None:
+        """``gen``'s drain is over: it can be nobody's heir now."""
+        if self._heir is gen:
+            self._heir = None
+
+    def inherits(self, gen: Generation) -> bool:
+        """``gen`` (stopped) takes a connection all the same: this listener closed for good and ``gen`` drains."""
+        return self._closed and self._heir is gen
 
     def close(self) -> None:
         """Stop accepting for good (idempotent), without dropping a connection accepted this instant."""
@@ -102,7 +116,7 @@ class Listener:
         self.current = None
         sockets.remove_file(self.address.path, self._file)  # new clients: no such file, as after a clean exit
         if self._next is not None:
-            self._next.set_result(None)  # parked connections are closed
+            self._next.set_result(self._heir)  # parked connections: the draining generation serves them
             self._next = None
         server = self._server
         if server is None:
@@ -163,9 +177,13 @@ class Listener:
         return stream_protocol(self.plan.max_write_buffer)(reader, accept, loop=self._loop)  # type: ignore[arg-type]
 
     def when_next(self, callback: Callable[[Generation | None], None]) -> bool:
-        """Call ``callback`` with the next generation to attach (None: closed for good); False if closed now."""
+        """Call ``callback`` with the next generation to attach (closed for good: the heir, if any); False if
+        closed with no heir."""
         if self._closed:
-            return False
+            if self._heir is None:
+                return False
+            callback(self._heir)
+            return True
         if self.current is not None:
             callback(self.current)
             return True
@@ -188,11 +206,11 @@ class Listener:
 
     async def dispatch(self, reader: Reader, writer: asyncio.StreamWriter) -> None:
         """Serve a connection with the generation accepting now, or park it until the next one attaches."""
-        gen = self.current
+        gen = self.current if not self._closed else self._heir
         if gen is None:
             # restarting: the connection waits for the next generation instead of being refused
             if self._closed:
-                writer.transport.abort()
+                writer.transport.abort()  # nobody is left to serve it
                 return
             if not self.admit(writer):
                 return

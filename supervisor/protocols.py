@@ -5,7 +5,7 @@ The user's class is subclassed once per generation (:func:`supervised`); the sub
 own inside a ``try`` (no proxy object, no per-connection closure: one plain call more per ``data_received``).
 So the transport never sees the user's exception: asyncio would log "Fatal error: protocol.data_received() call
 failed." and uvloop reports it its own way; here both loops classify it the same. The subclass also adds the
-slots of the generation's live list (connections.ProtocolConnections): nothing else is allocated per connection
+slots of the generation's live list (protocol_connections.py): nothing else is allocated per connection
 but the accepted-at float. A factory that returns instances of another class gets them moved to a subclass of
 theirs, made once per class and generation, which cannot add slots: each of those connections gets a Node.
 
@@ -22,8 +22,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from supervisor.connections import LINKS, ProtocolConnections
 from supervisor.errors import StopServer
+from supervisor.protocol_connections import LINKS, ProtocolConnections
 from supervisor.state import ServerStats
 from supervisor.throttle import folded
 
@@ -52,7 +52,7 @@ def supervised(gen: Generation, factory: Callable[[], asyncio.BaseProtocol]) -> 
 
 
 def _subclass(gen: Generation, base: type, *, own: bool) -> type:
-    """``own``: the subclass adds the slots the live list needs (connections.LINKS), else a Node stands in."""
+    """``own``: the subclass adds the slots the live list needs (protocol_connections.LINKS), else a Node stands in."""
     user = {name: getattr(base, name) for name in _CALLBACKS}
     made, received, eof, lost = (user[n] for n in _CALLBACKS[:4])
     conns: ProtocolConnections = gen.conns
@@ -76,16 +76,22 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
             )
 
     def connection_made(self: asyncio.BaseProtocol, transport: asyncio.BaseTransport) -> None:
+        late = False
         if gen.stopped:
-            gen.listener.adopt(transport)  # accepted in the instant this generation stopped: the next serves it
-            return
+            if not gen.listener.inherits(gen):
+                gen.listener.adopt(transport)  # accepted in the instant this generation stopped: the next serves it
+                return
+            late = gen.draining  # inherited after its drain began (listener.py): drain it like the others
         if not gen.listener.admit_transport(transport):
             return
-        conns.add(self if own else conns.node(self), transport, loop.time())
+        node = self if own else conns.node(self)
+        conns.add(node, transport, loop.time())
         try:
             made(self, transport)
         except Exception as exc:  # noqa: BLE001 - classified like any callback's error
             failed(self, exc)
+        if late:
+            conns.drain_late(self, node, spare_fresh=gen.spare_fresh)
 
     def data_received(self: asyncio.Protocol, data: bytes) -> None:
         if own and self._supervisor_since < 0:  # type: ignore[attr-defined]

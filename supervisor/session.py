@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor.client_faults import client_fault
 from supervisor.errors import StopServer
-from supervisor.streams import Reader, bound_writer
+from supervisor.streams import FRESH_WINDOW, Reader, bound_writer
 from supervisor.throttle import folded
 
 if TYPE_CHECKING:
@@ -28,9 +28,11 @@ LOGGER = logging.getLogger("supervisor")
 def accept(gen: Generation, reader: Reader, writer: asyncio.StreamWriter) -> None:
     """Start serving one connection with ``gen``'s handler; the listener's protocol calls it (gen.accept)."""
     if gen.stopped:
-        # accepted in the instant this generation stopped: the next one serves it
-        gen.listener.park(reader, writer)
-        return
+        if not gen.listener.inherits(gen):
+            # accepted in the instant this generation stopped: the next one serves it
+            gen.listener.park(reader, writer)
+            return
+        late(gen, reader)
     if not reader.admitted and not gen.listener.admit(writer):
         return
     assert gen.handler is not None
@@ -55,6 +57,14 @@ def accept(gen: Generation, reader: Reader, writer: asyncio.StreamWriter) -> Non
     stats.active += 1
     stats.total += 1
     task.add_done_callback(gen.finished)
+
+
+def late(gen: Generation, reader: Reader) -> None:
+    """A connection the stopped ``gen`` inherits (its listener closed for good). If its drain has begun, nothing
+    else will look at it again: past FRESH_WINDOW (a little more: timers may fire a clock tick early) an idle one
+    reads end-of-stream. A drain not begun yet covers it like the others."""
+    if gen.draining and gen.spare_fresh:
+        gen.loop.call_later(FRESH_WINDOW * 1.05, reader.eof_if_idle)
 
 
 def finished(gen: Generation, task: asyncio.Task[Any]) -> None:

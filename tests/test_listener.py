@@ -15,7 +15,7 @@ from supervisor.commands import Result
 from supervisor.state import ChildState
 from tests import apps
 from tests.e2e_util import require_tool
-from tests.helpers import DEADLINE, ask, assert_not_served, plan_from, port_of, running, wait_state
+from tests.helpers import DEADLINE, ask, assert_not_served, eventually, plan_from, port_of, running, wait_state
 
 GATED = """
 servers:
@@ -116,3 +116,35 @@ async def test_ipv6_loopback(tmp_path: Path) -> None:
         assert await ask(port, b"who", host="::1") == b"six#2\n"
         with pytest.raises(ConnectionRefusedError):  # bound to ::1 only, not to IPv4 loopback
             await ask(port, b"who")
+
+
+async def test_a_shutdown_in_a_restart_gap_serves_the_waiting_clients_with_the_draining_generation(
+    tmp_path: Path,
+) -> None:
+    """Closed for good while clients wait for a next generation that never comes: the generation still draining
+    (the heir) answers them. Before, they were reset -- and so was any connection a worker had taken from the
+    shared accept queue in the instant its listener closed (a rolling reload's old worker)."""
+    async with running(plan_from(tmp_path, GATED)) as sup:
+        port = port_of(sup, "g")
+        busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+        busy_writer.write(b"work 3\n")  # in flight on generation 1 through its drain
+        await busy_writer.drain()
+        async with asyncio.timeout(DEADLINE):
+            assert await busy_reader.readline() == b"working\n"
+        assert await ask(port, b"crash") == b""
+        await wait_state(sup, "g", ChildState.STARTING, generation=2)  # held at the gate: nobody serves now
+        clients = []
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"who\n")
+            await writer.drain()
+            clients.append((reader, writer))
+        await eventually(lambda: sup.children[0].stats.parked == 5)
+        sup.request_stop("test")  # the listener closes for good; generation 2 never attaches
+        async with asyncio.timeout(DEADLINE):
+            answers = [await reader.read() for reader, _ in clients]
+            assert await busy_reader.read() == b"done\n"  # the heir's own request finished too
+        assert answers == [b"g#1\n"] * 5
+        for _, writer in clients:
+            writer.close()
+        busy_writer.close()

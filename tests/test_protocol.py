@@ -40,10 +40,16 @@ class Echo(asyncio.Protocol):
         if data.startswith(b"who"):
             self.transport.write(b"gen %d\n" % self.generation)
             return
+        if data.startswith(b"hold"):  # its drain waits for GATE['hold']: the generation stays draining
+            self.holding = True
         self.transport.write(data)
 
     def drain(self) -> None:
         DRAINED.append(1)
+        if getattr(self, "holding", False):
+            gate = GATE.setdefault("hold", asyncio.Event())
+            asyncio.get_running_loop().create_task(gate.wait()).add_done_callback(lambda _: self.transport.close())
+            return
         self.transport.close()
 
 
@@ -164,6 +170,38 @@ async def test_clients_in_a_restart_gap_are_parked_then_served_by_the_next_gener
         assert not any(w.done() for w in waiting)
         GATE["g"].set()
         assert await asyncio.gather(*waiting) == [b"gen 2\n"] * 5  # none refused, none dropped
+
+
+async def test_a_shutdown_in_a_restart_gap_hands_the_parked_clients_to_the_draining_generation(
+    tmp_path: Path,
+) -> None:
+    """Closed for good with clients parked: generation 1, still draining a connection, serves them and drains
+    them in turn (drain() past FRESH_WINDOW) instead of their being reset."""
+    async with running(plan_from(tmp_path, GATED)) as sup:
+        port = port_of(sup, "g")
+        stats = sup.children[0].stats
+        GATE["g"], GATE["hold"] = asyncio.Event(), asyncio.Event()
+        held_r, held_w = await asyncio.open_connection("127.0.0.1", port)
+        held_w.write(b"hold\n")
+        async with asyncio.timeout(DEADLINE):
+            assert await held_r.readline() == b"hold\n"
+        assert await talk(port, b"boom\n") == b""
+        await eventually(lambda: sup.snapshot().child("g").generation == 2)  # type: ignore[union-attr]
+        clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        for _, writer in clients:
+            writer.write(b"who\n")
+        await eventually(lambda: stats.parked == 5)
+        sup.request_stop("test")
+        async with asyncio.timeout(DEADLINE):
+            answers = [await reader.read() for reader, _ in clients]
+        assert answers == [b"gen 1\n"] * 5  # answered, then drained (drain() closed them)
+        assert len(DRAINED) == 6
+        GATE["hold"].set()
+        async with asyncio.timeout(DEADLINE):
+            assert await held_r.read() == b""
+        for _, writer in clients:
+            writer.close()
+        held_w.close()
 
 
 async def test_the_drain_calls_drain_and_lets_an_in_flight_response_finish(tmp_path: Path) -> None:
