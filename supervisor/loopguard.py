@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+from supervisor.protocols import supervised_error
 from supervisor.state import ServerStats
 from supervisor.throttle import Fold, Throttle, folded
 
@@ -85,8 +86,8 @@ class LoopGuard:
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if _stale_accept_retry(context):
-            return
+        if _stale_accept_retry(context) or supervised_error(context):
+            return  # a supervised protocol's error: its connection_lost classifies it (protocols.py)
         if context.get("message") != _ACCEPT_MESSAGE or not isinstance(exc, OSError):
             _pass_on(self._previous, loop, context)
             return

@@ -67,7 +67,7 @@ class ProtocolConnections:
 
     def add(self, node: Any, transport: asyncio.BaseTransport, now: float) -> None:
         node._supervisor_transport = transport
-        node._supervisor_since = -now  # negative until its first byte (protocols.py flips it): still fresh
+        node._supervisor_since = now
         if type(node) is not Node:  # the protocol itself: linked in last
             head = self._head
             node._supervisor_prev = last = head._supervisor_prev
@@ -89,7 +89,7 @@ class ProtocolConnections:
             node._supervisor_prev = node._supervisor_next = None  # it keeps no other connection alive
         self._count -= 1
         self._stats.active -= 1
-        self._stats.observe_duration(now - abs(node._supervisor_since))
+        self._stats.observe_duration(now - node._supervisor_since)
         if not self._count:
             self.empty.set()
 
@@ -116,14 +116,15 @@ class ProtocolConnections:
     async def drain(self, budget: float, force: asyncio.Future[None], *, spare_fresh: bool = False) -> None:
         """Call each protocol's ``drain()`` (else close its transport); after ``budget`` (or ``force``) abort.
 
-        At a restart (``spare_fresh``) a connection accepted less than FRESH_WINDOW ago that has not sent a byte
-        yet (its first request is on the way: the stream kind's rule) gets ``drain()`` at the end of that window.
+        At a restart (``spare_fresh``) a connection accepted less than FRESH_WINDOW ago gets ``drain()`` at the end
+        of that window: its first request may be on the way (the stream kind's rule). Whether a byte came already is
+        not tracked: that would take a frame of ours in every data_received; an idle one closes a moment later.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
         fresh = []
         for proto, node in self.live():
-            if spare_fresh and -node._supervisor_since > started - FRESH_WINDOW:
+            if spare_fresh and node._supervisor_since > started - FRESH_WINDOW:
                 fresh.append((proto, node))
             else:
                 self._drain_one(proto, node)

@@ -1,13 +1,16 @@
 """``kind: protocol``: a server whose connections are the user's ``asyncio.Protocol`` objects, supervised like a
 stream server's -- counted, tracked for the drain, their errors classified under ``on_handler_error``.
 
-The user's class is subclassed once per generation (:func:`supervised`); the subclass's callbacks call the user's
-own inside a ``try`` (no proxy object, no per-connection closure: one plain call more per ``data_received``).
-So the transport never sees the user's exception: asyncio would log "Fatal error: protocol.data_received() call
-failed." and uvloop reports it its own way; here both loops classify it the same. The subclass also adds the
-slots of the generation's live list (protocol_connections.py): nothing else is allocated per connection
-but the accepted-at float. A factory that returns instances of another class gets them moved to a subclass of
-theirs, made once per class and generation, which cannot add slots: each of those connections gets a Node.
+The user's class is subclassed once per generation (:func:`supervised`); the subclass wraps the once-a-connection
+callbacks (made, eof, lost) in a ``try``, and leaves ``data_received`` -- the per-request one -- the user's own:
+the transport calls it with no frame of ours between (a wrapper frame was 1.7k of 24.9k instructions per
+keep-alive request, callgrind on uvloop). An exception from it is caught by the transport itself, on both loops,
+which closes the connection and hands the exception to ``connection_lost``: classified there
+(:func:`_user_raised`), and the loop's "Fatal error: protocol.data_received() call failed." report is dropped
+(loopguard.py, :func:`supervised_error`). The subclass also adds the slots of the generation's live list
+(protocol_connections.py): nothing else is allocated per connection but the accepted-at float. A factory that
+returns instances of another class gets them moved to a subclass of theirs, made once per class and generation,
+which cannot add slots: each of those connections gets a Node.
 
 The drain contract: an optional ``drain()`` method, called once per live connection when the generation drains
 (a keep-alive HTTP protocol closes when idle, finishes its response then closes); without one the transport is
@@ -31,7 +34,8 @@ if TYPE_CHECKING:
     from supervisor.generation import Generation
 
 LOGGER = logging.getLogger("supervisor")
-_CALLBACKS = ("connection_made", "data_received", "eof_received", "connection_lost", "pause_writing", "resume_writing")
+_CALLBACKS = ("connection_made", "eof_received", "connection_lost")
+SUPERVISED = "_supervisor_supervised"  # a class attribute of every subclass supervised() makes
 
 
 def supervised(gen: Generation, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.BaseProtocol]:
@@ -54,7 +58,7 @@ def supervised(gen: Generation, factory: Callable[[], asyncio.BaseProtocol]) -> 
 def _subclass(gen: Generation, base: type, *, own: bool) -> type:
     """``own``: the subclass adds the slots the live list needs (protocol_connections.LINKS), else a Node stands in."""
     user = {name: getattr(base, name) for name in _CALLBACKS}
-    made, received, eof, lost = (user[n] for n in _CALLBACKS[:4])
+    made, eof, lost = user["connection_made"], user["eof_received"], user["connection_lost"]
     conns: ProtocolConnections = gen.conns
     loop = gen.loop
     nodes = conns.nodes
@@ -93,14 +97,6 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
         if late:
             conns.drain_late(self, node, spare_fresh=gen.spare_fresh)
 
-    def data_received(self: asyncio.Protocol, data: bytes) -> None:
-        if own and self._supervisor_since < 0:  # type: ignore[attr-defined]
-            self._supervisor_since = -self._supervisor_since  # type: ignore[attr-defined]  # its first byte
-        try:
-            received(self, data)
-        except Exception as exc:  # noqa: BLE001 - classified: the transport never sees it
-            failed(self, exc)
-
     def eof_received(self: asyncio.Protocol) -> bool | None:
         try:
             return eof(self)  # type: ignore[no-any-return]
@@ -109,7 +105,9 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
             return None
 
     def connection_lost(self: asyncio.BaseProtocol, exc: Exception | None) -> None:
-        if isinstance(exc, OSError):
+        if exc is not None and _user_raised(exc, self):
+            failed(self, exc)  # data_received raised: the transport caught it and closed the connection
+        elif isinstance(exc, OSError):
             gen.stats.client_errors["reset"] += 1
         try:
             lost(self, exc)
@@ -121,17 +119,49 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
     namespace: dict[str, Any] = {
         "__slots__": LINKS if own else (),  # else the user's class's layout: its instances can be moved here
         "connection_made": connection_made,
-        "data_received": data_received,
         "eof_received": eof_received,
         "connection_lost": connection_lost,
+        SUPERVISED: True,
     }
     return type(base.__name__, (base,), namespace)
 
 
 def _raised_in_transport(exc: BaseException) -> bool:
+    """Raised by a transport call the protocol made (a write to a gone client): a frame of a transport follows the
+    protocol's own in the traceback (the transport that caught it from data_received comes before)."""
+    tb, mine = exc.__traceback__, False
+    while tb is not None:
+        me = tb.tb_frame.f_locals.get("self")
+        if getattr(type(me), SUPERVISED, False):
+            mine = True
+        elif mine and isinstance(me, asyncio.BaseTransport):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _user_raised(exc: BaseException, proto: asyncio.BaseProtocol) -> bool:
+    """``exc``, given to connection_lost, was raised in ``proto``'s own data_received, not by the socket: any
+    error but an OSError is, and an OSError is if a frame of the protocol is in its traceback (the loop's own
+    socket errors have none)."""
+    if not isinstance(exc, OSError):
+        return True
     tb = exc.__traceback__
     while tb is not None:
-        if isinstance(tb.tb_frame.f_locals.get("self"), asyncio.BaseTransport):
+        if tb.tb_frame.f_locals.get("self") is proto:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def supervised_error(context: dict[str, Any]) -> bool:
+    """A loop exception-handler context for an error a supervised protocol raised (its connection_lost classifies
+    and logs it): the loop's own report is dropped. The exception's traceback names the protocol, whether the
+    transport is plain or TLS (whose context names the TLS layer, not the user's protocol)."""
+    exc = context.get("exception")
+    tb = exc.__traceback__ if isinstance(exc, BaseException) else None
+    while tb is not None:
+        if getattr(type(tb.tb_frame.f_locals.get("self")), SUPERVISED, False):
             return True
         tb = tb.tb_next
     return False
