@@ -22,7 +22,7 @@ from typing import Any
 
 from supervisor import protocols, session, sockets
 from supervisor.address import Address
-from supervisor.connections import Connections
+from supervisor.connections import Connections, until_empty
 from supervisor.errors import StartTimeout, StopServer
 from supervisor.handler import ProtocolFactory, ServerContext, open_handler, open_protocol, set_current
 from supervisor.listener import Listener
@@ -196,6 +196,11 @@ class Generation:
         self._exit_by = loop.time() + budget
         self._set_draining()  # draining starts now, not at the stop: at shutdown each server waits its turn
         await self.conns.drain(budget, self._force, spare_fresh=self.spare_fresh)
+        if self.listener.inherits(self):
+            # closed for good: accepts under way reach this generation for a few more loop iterations (listener.py);
+            # a drain that was over at once (no connection) must not leave them to be reset
+            await self.listener.settled()
+            await until_empty(self.conns.empty, self._force, max(0.0, self._exit_by - loop.time()))
         self.listener.drained(self)
 
     async def _exit(self, lifespan: AbstractAsyncContextManager[Any], exc: BaseException | None) -> bool:

@@ -139,6 +139,14 @@ class Listener:
         if not self.closed.done():
             self.closed.set_result(None)
 
+    async def settled(self) -> None:
+        """Closed for good, and every accept that was under way has reached a generation: the socket closes within
+        two iterations of close() (selector loops), then a connection takes one to be made and one more for a
+        stream connection's dispatch task to start."""
+        await asyncio.shield(self.closed)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
     async def wait_closed(self, timeout: float) -> None:
         if self._server is not None:
             try:

@@ -86,10 +86,11 @@ class LoopGuard:
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if _stale_accept_retry(context) or supervised_error(context):
-            return  # a supervised protocol's error: its connection_lost classifies it (protocols.py)
+        if _stale_accept_retry(context):
+            return
         if context.get("message") != _ACCEPT_MESSAGE or not isinstance(exc, OSError):
-            _pass_on(self._previous, loop, context)
+            if not supervised_error(context):  # else its connection_lost classifies and logs it (protocols.py)
+                _pass_on(self._previous, loop, context)
             return
         sock = context.get("socket")
         fd = sock.fileno() if sock is not None else -1

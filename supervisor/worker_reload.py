@@ -163,8 +163,8 @@ async def _replace(
     if old is not None:
         parent.retire(old)  # it stops accepting at once and drains in the background
         # the roll goes on once it says so (its next report, within moments), not after its drain: starting the next
-        # new worker in that instant took the CPU from the old one's last accepts (a connection accepted as its
-        # listener closes is reset: listener.dispatch), measured as resets under load in test_workers
+        # new worker in that instant took the CPU from the old one's last accepts (those its listener hands to the
+        # draining generation as it closes: listener.py), so they waited behind a whole interpreter start
         await wire.within(asyncio.shield(old.stopped_accepting), EXIT_GRACE)
     return None
 
