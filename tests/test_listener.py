@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import subprocess
@@ -148,3 +149,26 @@ async def test_a_shutdown_in_a_restart_gap_serves_the_waiting_clients_with_the_d
         for _, writer in clients:
             writer.close()
         busy_writer.close()
+
+
+def _answer(client: socket.socket) -> bytes:
+    client.settimeout(DEADLINE)
+    with contextlib.suppress(ConnectionError):
+        return client.makefile("rb").readline()
+    return b"reset"
+
+
+async def test_a_connection_accepted_as_the_shutdown_begins_is_answered(tmp_path: Path) -> None:
+    """The loop accepts it in the iteration the shutdown closes the socket, with no connection left to drain: the
+    generation waits for the accept under way (Listener.settled) and answers it. Before, its empty drain was over
+    at once and the connection found nobody to serve it: reset (a rolling reload's resets under load)."""
+    async with running(plan_from(tmp_path, "servers: [{name: e, handler: 'tests.apps:lines', port: 0}]")) as sup:
+        port = port_of(sup, "e")
+        client = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)  # in the accept queue now
+        client.sendall(b"who\n")
+        # the loop's next iteration runs this task first, then the accept of the client (asyncio's order: what
+        # was scheduled before the poll, then what the poll found): the stop request lands between the two
+        await asyncio.sleep(0)
+        sup.request_stop("test")
+        with contextlib.closing(client):
+            assert await asyncio.to_thread(_answer, client) == b"e#1\n"
