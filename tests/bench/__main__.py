@@ -2,8 +2,9 @@
 
 Runs, one after the other (never two at once: they would share the CPUs), and prints each one's table:
 bench_hotpath (throughput, CPU per request and memory per idle connection, ours vs the bare servers, stream and
-protocol, both loops), bench_workers (workers: 2 vs 1 on a CPU-bound handler, a worker SIGKILLed under load, a
-rolling reload under load), bench_scale (200 and 1,000 servers; 10,000 connections). bench_core (crash, drain)
+protocol, both loops), bench_alloc (that memory counted with tracemalloc: the allocator's state moves RSS),
+bench_workers (workers: 2 vs 1 on a CPU-bound handler, a worker SIGKILLed under load, a rolling reload under
+load), bench_scale (200 and 1,000 servers; 10,000 connections). bench_core (crash, drain)
 and bench_reload stay separate commands.
 """
 
@@ -22,6 +23,7 @@ RUNS = {
         ["--rounds", "7", "--duration", "3", "--idle", "2000"],
         ["--rounds", "1", "--duration", "2", "--idle", "500"],
     ),
+    "bench_alloc": (["--rounds", "3", "--idle", "2000"], ["--rounds", "1", "--idle", "500"]),
     "bench_workers": (["--rounds", "3"], ["--quick"]),
     "bench_scale": ([], ["--quick"]),
 }

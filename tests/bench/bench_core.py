@@ -51,6 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tests import proc
+
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 
@@ -122,6 +124,8 @@ class ServerProcess:
         self.label = label
         self.group = group  # it starts children of its own (the respawning seed): signal them too when killing
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        if "supervisor" in cmd and "run" in cmd:
+            proc.STARTED.append(" ".join(cmd))  # the suite's e2e marker check (tests/conftest.py)
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: a respawning parent and its child die together

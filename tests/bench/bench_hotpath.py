@@ -87,9 +87,14 @@ def config(tmp: Path, c: Contender) -> Path:
 
 
 @contextlib.contextmanager
-def start(c: Contender, python: str, tmp: Path, cpu: int | None) -> Iterator[tuple[ServerProcess, int]]:
+def start(
+    c: Contender, python: str, tmp: Path, cpu: int | None, wrap: Sequence[str] = ()
+) -> Iterator[tuple[ServerProcess, int]]:
+    """``c`` serving, and its port; ``wrap``: arguments between the interpreter and ``-m MODULE``
+    (bench_alloc's ``-m tests.bench.traced``)."""
     if c.who == "ours":
-        sp = ServerProcess(pinned([python, "-m", "supervisor", "run", str(config(tmp, c))], cpu), c.label)
+        cmd = [python, *wrap, "-m", "supervisor", "run", str(config(tmp, c))]
+        sp = ServerProcess(pinned(cmd, cpu), c.label)
         try:
             port = int(sp.wait_for(LISTENING_RE).group(3))
             sp.wait_for(re.compile(re.escape(OURS_READY)))
@@ -98,7 +103,7 @@ def start(c: Contender, python: str, tmp: Path, cpu: int | None) -> Iterator[tup
             raise
     else:
         module = "tests.bench.seed_server" if c.kind == "stream" else "tests.bench.bare_protocol"
-        cmd = [python, "-m", module, "--loop", c.loop, "--backlog", str(BACKLOG)]
+        cmd = [python, *wrap, "-m", module, "--loop", c.loop, "--backlog", str(BACKLOG)]
         sp = ServerProcess(pinned(cmd, cpu), c.label)
         try:
             port = int(sp.wait_for(SEED_READY_RE).group(2))

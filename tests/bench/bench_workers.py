@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests import proc
+
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 READY = re.compile(r"supervisor ready: ")
@@ -38,20 +40,24 @@ class Run:
 
     def __init__(self, config: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        cmd = [sys.executable, "-m", "supervisor", "run", str(config), "--pidfile", str(config.with_suffix(".pid"))]
+        proc.STARTED.append(" ".join(cmd[2:]))  # the suite's e2e marker check (tests/conftest.py)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "run", str(config), "--pidfile", str(config.with_suffix(".pid"))],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         self.lines: list[tuple[float, str]] = []
         self._cond = threading.Condition()
-        threading.Thread(target=self._follow, daemon=True).start()
+        self._follower = threading.Thread(target=self._follow, daemon=True)
+        self._follower.start()
 
     def _follow(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append((time.monotonic(), line.rstrip()))
-                self._cond.notify_all()
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                with self._cond:
+                    self.lines.append((time.monotonic(), line.rstrip()))
+                    self._cond.notify_all()
 
     def wait_for(self, pattern: str, after: float = 0.0, timeout: float = 30.0) -> tuple[float, re.Match[str]]:
         regex = re.compile(pattern)
@@ -78,6 +84,7 @@ class Run:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self._follower.join(5)  # its output read to the end and the pipe closed
 
 
 @contextmanager
