@@ -2,7 +2,7 @@
 
 No asyncio and no imports of runtime modules: this is the first step of config -> plan -> running tree.
 Handlers are only checked for shape here (``module:attr``); importing them is the plan's job. The file is
-bounded before it is parsed (a regular file, 1 MiB), and the YAML while it is (yamlnodes.py).
+bounded before it is parsed (a regular file, 1 MiB), and the YAML while it is (yamlbounds.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from supervisor.spec import (
     SupervisorSpec,
 )
 from supervisor.values import clip, parse_duration, parse_size
-from supervisor.yamlnodes import BoundedLoader, Refused, compose_fast
+from supervisor.yamlbounds import BoundedLoader, Refused, compose_fast
 
 __all__ = [
     "HANDLER_ERROR_POLICIES", "LOOPS", "RESTART_TYPES", "STRATEGIES", "BackoffSpec", "Config", "ConsoleSpec",
