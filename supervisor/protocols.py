@@ -1,9 +1,9 @@
 """``kind: protocol``: a server whose connections are the user's ``asyncio.Protocol`` objects, supervised like a
 stream server's -- counted, tracked for the drain, their errors classified under ``on_handler_error``.
 
-The user's class is subclassed once per generation (:func:`supervised`); the subclass wraps the once-a-connection
-callbacks (made, eof, lost) in a ``try``, and leaves ``data_received`` -- the per-request one -- the user's own:
-the transport calls it with no frame of ours between (a wrapper frame was 1.7k of 24.9k instructions per
+The user's class is subclassed once per generation (:func:`supervised`); the subclass wraps the other callbacks
+(made, eof, lost, pause/resume writing) in a ``try``, and leaves ``data_received`` -- the per-request one -- the
+user's own: the transport calls it with no frame of ours between (a wrapper frame was 1.7k of 24.9k instructions per
 keep-alive request, callgrind on uvloop). An exception from it is caught by the transport itself, on both loops,
 which closes the connection and hands the exception to ``connection_lost``: classified there
 (:func:`_user_raised`), and the loop's "Fatal error: protocol.data_received() call failed." report is dropped
@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from supervisor.generation import Generation
 
 LOGGER = logging.getLogger("supervisor")
-_CALLBACKS = ("connection_made", "eof_received", "connection_lost")
-SUPERVISED = "_supervisor_supervised"  # a class attribute of every subclass supervised() makes
+_CALLBACKS = ("connection_made", "eof_received", "connection_lost", "pause_writing", "resume_writing")
+# A class attribute of every subclass supervised() makes: its generation's error classifier (failed, below)
+SUPERVISED = "_supervisor_failed"
 
 
 def supervised(gen: Generation, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.BaseProtocol]:
@@ -59,11 +60,12 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
     """``own``: the subclass adds the slots the live list needs (protocol_connections.LINKS), else a Node stands in."""
     user = {name: getattr(base, name) for name in _CALLBACKS}
     made, eof, lost = user["connection_made"], user["eof_received"], user["connection_lost"]
+    pause, resume = user["pause_writing"], user["resume_writing"]
     conns: ProtocolConnections = gen.conns
     loop = gen.loop
     nodes = conns.nodes
 
-    def failed(self: asyncio.BaseProtocol, exc: Exception) -> None:
+    def failed(self: asyncio.BaseProtocol, exc: Exception) -> None:  # a handler error of this connection
         conns.abort(self if own else nodes.get(self))
         if isinstance(exc, StopServer):
             gen.stop(exc)
@@ -104,6 +106,18 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
             failed(self, exc)
             return None
 
+    def pause_writing(self: asyncio.BaseProtocol) -> None:
+        try:
+            pause(self)
+        except Exception as exc:  # noqa: BLE001
+            failed(self, exc)
+
+    def resume_writing(self: asyncio.BaseProtocol) -> None:
+        try:
+            resume(self)
+        except Exception as exc:  # noqa: BLE001
+            failed(self, exc)
+
     def connection_lost(self: asyncio.BaseProtocol, exc: Exception | None) -> None:
         if exc is not None and _user_raised(exc, self):
             failed(self, exc)  # data_received raised: the transport caught it and closed the connection
@@ -121,7 +135,9 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
         "connection_made": connection_made,
         "eof_received": eof_received,
         "connection_lost": connection_lost,
-        SUPERVISED: True,
+        "pause_writing": pause_writing,
+        "resume_writing": resume_writing,
+        SUPERVISED: staticmethod(failed),
     }
     return type(base.__name__, (base,), namespace)
 
@@ -155,13 +171,18 @@ def _user_raised(exc: BaseException, proto: asyncio.BaseProtocol) -> bool:
 
 
 def supervised_error(context: dict[str, Any]) -> bool:
-    """A loop exception-handler context for an error a supervised protocol raised (its connection_lost classifies
-    and logs it): the loop's own report is dropped. The exception's traceback names the protocol, whether the
-    transport is plain or TLS (whose context names the TLS layer, not the user's protocol)."""
+    """Whether a loop exception-handler context is an error a supervised protocol raised; if so it is handled here
+    and the loop's own report is dropped. The exception's traceback names the protocol, whether the transport is
+    plain or TLS (whose context names the TLS layer, not the user's protocol). Raised in data_received, the
+    transport's "Fatal error ..." report: its connection_lost classifies and logs it. Raised in a timer or a task of
+    the protocol's: a handler error of that connection, classified now (bare asyncio only logs it)."""
     exc = context.get("exception")
-    tb = exc.__traceback__ if isinstance(exc, BaseException) else None
+    tb = exc.__traceback__ if isinstance(exc, Exception) else None
     while tb is not None:
-        if getattr(type(tb.tb_frame.f_locals.get("self")), SUPERVISED, False):
+        me = tb.tb_frame.f_locals.get("self")
+        if (failed := getattr(type(me), SUPERVISED, None)) is not None:
+            if not str(context.get("message", "")).startswith("Fatal error"):
+                failed(me, exc)
             return True
         tb = tb.tb_next
     return False

@@ -86,6 +86,37 @@ class Slotted(asyncio.Protocol):
         self.transport.close()
 
 
+class Spawner(asyncio.Protocol):
+    """Fails outside data_received: ``tick`` in a timer it sets, ``task`` in a task it starts, ``flood`` in
+    pause_writing (a 1-byte high-water mark, then a big write)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        if data.startswith(b"tick"):
+            loop.call_later(0.01, self.tick)
+        elif data.startswith(b"task"):
+            loop.create_task(self.work())  # noqa: RUF006 - no reference kept: its error is reported when collected
+        elif data.startswith(b"flood"):
+            self.transport.set_write_buffer_limits(high=1)
+            self.transport.write(b"x" * 4_000_000)
+
+    def tick(self) -> None:
+        raise LookupError("failed in a timer")
+
+    async def work(self) -> None:
+        raise ArithmeticError("failed in a task")
+
+    def pause_writing(self) -> None:
+        raise BufferError("failed in pause_writing")
+
+
+def make_spawner(options: Mapping[str, Any]) -> type[Spawner]:
+    return Spawner
+
+
 def make_instances(options: Mapping[str, Any]) -> Callable[[], asyncio.Protocol]:
     return lambda: Slotted()
 
@@ -163,6 +194,30 @@ async def test_data_received_errors_are_classified_not_reported_by_the_loop(
         assert stats.last_handler_error == "PermissionError: denied by the handler"
     assert [r for r in caplog.records if "Fatal error" in r.getMessage()] == []
     assert sum("handler error, connection closed" in r.getMessage() for r in caplog.records) == 2  # folded
+
+
+async def test_errors_in_its_timers_tasks_and_pause_writing_are_handler_errors_of_that_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not lost: the loop's report of them would name no server and count nothing; each closes its connection,
+    is counted and logged under on_handler_error, and the loop's own report is dropped."""
+    spawner = 'servers: [{name: s, kind: protocol, handler: "tests.test_protocol:make_spawner", port: 0}]'
+    async with running(plan_from(tmp_path, spawner)) as sup:
+        port = port_of(sup, "s")
+        stats = sup.children[0].stats
+        for n, line in enumerate((b"tick\n", b"task\n", b"flood\n"), 1):
+            async with asyncio.timeout(DEADLINE):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(line)
+                await eventually(lambda n=n: stats.handler_errors == n)  # type: ignore[misc]
+                writer.close()
+        assert stats.last_handler_error == "BufferError: failed in pause_writing"
+        await eventually(lambda: stats.active == 0)  # each connection closed by its error
+    logged = [r.getMessage() for r in caplog.records]
+    loops_own = ("Exception in callback", "never retrieved", "pause_writing() failed")
+    assert [m for m in logged if any(own in m for own in loops_own)] == []
+    for error in ("LookupError", "ArithmeticError", "BufferError"):
+        assert sum(f"handler error, connection closed: {error}" in m for m in logged) == 1, logged
 
 
 async def test_a_data_received_error_over_tls_is_classified_too(
