@@ -4,13 +4,14 @@ value is shown in a message -- clipped, whatever it is -- and the cap on how man
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import reprlib
 from collections.abc import Callable
 from typing import Final
 
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+from supervisor import cpus
 
 SHOWN: Final = 80  # characters of a user's value echoed in a message
 MAX_PROBLEMS: Final = 100  # lines reported; the rest are counted
@@ -134,9 +135,9 @@ MAX_WORKERS = 256
 
 
 def workers(value: object) -> int:
-    """``workers: N`` (1-256) or ``auto``: one per CPU this process may run on."""
+    """``workers: N`` (1-256) or ``auto``: one per CPU this process may run on, at most its cgroup CPU quota."""
     if value == "auto":
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return cpus.auto()[0]
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
         return value
     raise ValueError(f"expected an integer 1-{MAX_WORKERS} or 'auto' (one worker process per CPU)")

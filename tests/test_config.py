@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from supervisor import cpus
 from supervisor.config import (
     BackoffSpec,
     Config,
@@ -1064,7 +1065,7 @@ def test_workers_must_be_a_count_or_auto(tmp_path: Path, value: object, expected
 
 def test_workers_auto_is_one_per_usable_cpu(tmp_path: Path) -> None:
     path = write(tmp_path, f"supervisor: {{workers: auto}}\nservers: [{{name: a, handler: '{ECHO}', port: 1}}]\n")
-    assert load_config(path).supervisor.workers == len(os.sched_getaffinity(0))
+    assert load_config(path).supervisor.workers == cpus.auto()[0]  # the affinity, capped by a CPU quota
 
 
 @pytest.mark.parametrize(
