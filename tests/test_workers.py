@@ -274,11 +274,13 @@ def test_sigterm_drains_every_worker_and_a_second_one_cuts_the_wait(tmp_path: Pa
                         break
                 results.append(data)
 
-        threads = [threading.Thread(target=get, args=("/sleep?s=1",)) for _ in range(10)]
+        threads = [threading.Thread(target=get, args=("/sleep?s=2",)) for _ in range(10)]
         for t in threads:
             t.start()
         until(lambda: _active(sp) >= 10, what="10 in flight")
         sp.signal(signal.SIGTERM)
+        until(lambda: _refused(port), timeout=10, what="a new client refused")
+        assert results == []  # refused while the requests drain (as with workers: 1), not only once they are done
         assert sp.wait(30) == 0
         for t in threads:
             t.join(10)
@@ -297,6 +299,14 @@ def test_sigterm_drains_every_worker_and_a_second_one_cuts_the_wait(tmp_path: Pa
         sp.signal(signal.SIGTERM)
         assert sp.wait(30) == 0
         assert time.monotonic() - started < 5.0  # not the 10 s shutdown_timeout nor the 30 s request
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def _slow_get(port: int) -> None:
