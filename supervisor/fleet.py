@@ -1,10 +1,11 @@
 """The parent's view of its worker processes (``supervisor.workers: N``), as the one read-only interface every
 view reads (tree.TreeView): so /metrics, /readyz, the console, ``ctl`` and sd_notify work unchanged on it.
 
-A server's status is merged from the workers that serve: running only if it runs in each of them. Its counters
-are summed over the live workers plus the last report of every dead one, so a counter never goes backwards when a
-worker dies (Prometheus' ``rate()`` would read the drop as a reset). The parent's coordinator (workers.py) is the
-only writer: it changes slots and calls :meth:`Fleet.publish`.
+A server's status is merged from the workers that serve: running if it runs in any of them, else the state an
+operator must hear about first (:data:`_ORDER`). Its counters are summed over the live workers plus the last report
+of every dead one, so a counter never goes backwards when a worker dies (Prometheus' ``rate()`` would read the drop
+as a reset); its status' restart count is those same restart counters' sum (:meth:`Fleet._restarts_of`). The
+parent's coordinator (workers.py) is the only writer: it changes slots and calls :meth:`Fleet.publish`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,12 +87,29 @@ class Fleet:
     def counters(self) -> Mapping[str, ServerStats]:
         totals = {name: dataclasses.replace(self._dead.get(name) or ServerStats()) for name in self.addresses}
         for name, stats in totals.items():
-            stats.restarts, stats.client_errors = stats.restarts.copy(), stats.client_errors.copy()
+            stats.restarts, stats.client_errors = Counter(), stats.client_errors.copy()  # never the dead totals' own
             stats.duration_counts = list(stats.duration_counts)
             for process in self._counted:
                 if (live := process.stats.get(name)) is not None:
                     wire.add_stats(stats, live)
+            stats.restarts = self.restart_counts(name)  # the count status shows (Fleet._build)
         return totals
+
+    def restart_counts(self, name: str) -> Counter[str]:
+        """``name``'s restarts by reason (/metrics' ``supervisor_server_restarts_total``): see :meth:`_restarts_of`."""
+        counts = Counter[str]()
+        for reported in self._restarts_of(name):
+            counts.update(reported)
+        return counts
+
+    def _restarts_of(self, name: str) -> list[Counter[str]]:
+        """``name``'s restart counts as reported: the buried workers' totals and every counted worker's last report.
+        The one source of /metrics' restarts and of the status' restarts column (their sum), so the two agree, and
+        neither goes backwards when a worker dies (its count moves from its report to the buried totals)."""
+        dead = self._dead.get(name)
+        counts = [dead.restarts] if dead is not None else []
+        counts += [live.restarts for process in self._counted if (live := process.stats.get(name)) is not None]
+        return counts
 
     def now(self) -> float:
         return self._loop.time()
@@ -158,24 +177,28 @@ class Fleet:
         for process in serving:
             for c in process.children:
                 per_server.setdefault(c.name, []).append(c)
-        children = tuple(self._merged(p, per_server.get(p.name, [])) for p in self.plan.servers)
+        children = tuple(
+            self._merged(p, per_server.get(p.name, []), sum(c.total() for c in self._restarts_of(p.name)))
+            for p in self.plan.servers
+        )
         started = self.ready.done() and not self.ready.cancelled()
         workers = tuple(s.status() for s in self.slots)
         return TreeSnapshot(children, started, self.shutting_down, self.config, workers)
 
-    def _merged(self, plan: ServerPlan, mine: list[ChildStatus]) -> ChildStatus:
+    def _merged(self, plan: ServerPlan, mine: list[ChildStatus], restarts: int) -> ChildStatus:
         """Running if it runs in any serving worker (those accept its connections; a worker where it is down has
-        closed its copy of the socket); else the state an operator must hear about first."""
+        closed its copy of the socket); else the state an operator must hear about first. ``restarts``: over the
+        parent's life, dead workers' included (:meth:`_restarts_of`), not the serving workers' sum."""
         address = str(self.addresses.get(plan.name, ""))
         if not mine:
-            return ChildStatus(plan.name, ChildState.STARTING, address, plan.restart, None, 0, 0, "")
+            return ChildStatus(plan.name, ChildState.STARTING, address, plan.restart, None, 0, restarts, "")
         states = {c.state for c in mine}
         state = ChildState.RUNNING if ChildState.RUNNING in states else min(states, key=_rank)
         started = [c.started_at for c in mine if c.started_at is not None]
         errors = [c.last_error for c in mine if c.last_error]
         return ChildStatus(
             plan.name, state, address, plan.restart, min(started) if started else None,
-            max(c.generation for c in mine), sum(c.restarts for c in mine), errors[-1] if errors else "",
+            max(c.generation for c in mine), restarts, errors[-1] if errors else "",
             wanted=any(c.wanted for c in mine),
         )  # fmt: skip
 
