@@ -7,10 +7,13 @@ one as changed), ``target`` (the resolved handler; ``handler_path`` is what was 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from supervisor.plan import Plan, ServerPlan
+
+LOGGER = logging.getLogger("supervisor")
 
 DERIVED = frozenset({"name", "target", "direct", "rank"})
 ADDRESS = ("host", "port", "unix")
@@ -49,7 +52,7 @@ def diff(running: Sequence[ServerPlan], old: Plan, new: Plan) -> PlanDiff:
             else:
                 unchanged.append(name)
     sup = tuple(f.name for f in dataclasses.fields(new.supervisor) if _differs(old.supervisor, new.supervisor, f.name))
-    views = tuple(s for s in ("metrics", "console", "logging") if getattr(old, s) != getattr(new, s))
+    views = changed_views(old, new)
     return PlanDiff(
         unchanged=tuple(unchanged),
         changed=changed,
@@ -59,6 +62,20 @@ def diff(running: Sequence[ServerPlan], old: Plan, new: Plan) -> PlanDiff:
         supervisor=sup,
         views=views,
     )
+
+
+def changed_views(old: Plan, new: Plan) -> tuple[str, ...]:
+    """The sections read at start only (the metrics endpoint, the console, the log's handlers) that differ."""
+    return tuple(s for s in ("metrics", "console", "logging") if getattr(old, s) != getattr(new, s))
+
+
+def warn_views(views: tuple[str, ...]) -> None:
+    """What a reload says of ``changed_views`` (one process or workers: N alike): nothing of them is applied."""
+    if views:
+        LOGGER.warning(
+            "reload: %s changed: it applies when the supervisor is restarted (the metrics endpoint and the "
+            "console keep their address, the log its handlers)", " and ".join(f"{v}:" for v in views),
+        )  # fmt: skip
 
 
 def _differs(a: object, b: object, key: str) -> bool:

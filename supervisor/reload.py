@@ -25,7 +25,7 @@ from supervisor.commands import Result
 from supervisor.errors import ConfigError
 from supervisor.listener import Listener
 from supervisor.plan import Plan, ServerPlan
-from supervisor.plandiff import PlanDiff, diff
+from supervisor.plandiff import PlanDiff, diff, warn_views
 from supervisor.planfile import load_plan, problem_report
 from supervisor.rollover import Coordinator as RolloverSeams
 from supervisor.rollover import Rollover
@@ -174,11 +174,7 @@ class Reload:
         if "workers" in d.supervisor:  # one process cannot become a parent of workers in place
             LOGGER.warning("reload: supervisor.workers changed to %d: it applies when the supervisor is restarted "
                            "(this process serves on alone)", new.supervisor.workers)  # fmt: skip
-        if d.views:
-            LOGGER.warning(
-                "reload: %s changed: it applies when the supervisor is restarted (the metrics endpoint and the "
-                "console keep their address, the log its handlers)", " and ".join(f"{v}:" for v in d.views),
-            )  # fmt: skip
+        warn_views(d.views)
         retired = []
         for name in d.removed:  # reverse start order, like a shutdown
             child = tree.child(name)

@@ -24,6 +24,7 @@ from supervisor.config import read_config
 from supervisor.errors import ConfigError
 from supervisor.fleet import Slot
 from supervisor.plan import Plan
+from supervisor.plandiff import changed_views, warn_views
 from supervisor.planfile import plan_from_text, problem_report
 from supervisor.state import WorkerState
 from supervisor.worker_keeper import READY_SLACK
@@ -181,6 +182,7 @@ def _adopt(parent: Parent, plan: Plan, config: ConfigText, pending: Pending) -> 
             parent.sockets[f"{name}@old"] = parent.sockets.pop(name)
         parent.adopt_socket(name, sock)
         del pending[name]
+    warn_views(changed_views(parent.plan, plan))  # the parent's views: the workers have none
     parent.plan, parent.config = plan, config
     fleet = parent.fleet
     fleet.plan = plan

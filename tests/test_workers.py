@@ -226,9 +226,11 @@ def test_a_rolling_reload_deploys_new_code_with_no_request_lost(tmp_path: Path) 
         with Load(port) as load:
             until(lambda: load.total > 100, what="load flowing")
             _write_handler(tmp_path, "v2")
+            _tree(tmp_path, free_port(), console)  # a new metrics port too: read at start only, and said so
             sp.signal(signal.SIGHUP)
             sp.wait_for(r"reload applied: 2 worker\(s\) replaced one at a time")
             until(lambda: load.answers["v2"] > 100, what="v2 answers")
+        assert "reload: metrics: changed: it applies when the supervisor is restarted" in sp.output
         assert load.refused == 0
         assert load.failed == []
         assert ask(port).startswith("v2 ")
