@@ -17,10 +17,12 @@ from supervisor.tree import View
 LOGGER = logging.getLogger("supervisor")
 
 
-async def run_plan(plan: Plan, views: tuple[View, ...] = (), *, on_hup_reload: bool = True) -> None:
+async def run_plan(
+    plan: Plan, views: tuple[View, ...] = (), *, on_hup_reload: bool = True, stopped: frozenset[str] = frozenset()
+) -> None:
     """Serve ``plan`` until SIGTERM/SIGINT or a give-up (raises GaveUp). ``on_hup_reload=False`` (a worker process:
-    its parent rolls a new worker instead): SIGHUP is logged and ignored."""
-    supervisor = Supervisor(plan)
+    its parent rolls a new worker instead): SIGHUP is logged and ignored. ``stopped``: servers that start stopped."""
+    supervisor = Supervisor(plan, stopped=stopped)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[Result]] = set()
 

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from supervisor import control, events, reload
 from supervisor.address import Address
@@ -40,12 +40,18 @@ LOGGER = logging.getLogger("supervisor")
 
 class Supervisor:
     def __init__(
-        self, plan: Plan, *, clock: Callable[[], float] | None = None, rand: Callable[[], float] = random.random
+        self,
+        plan: Plan,
+        *,
+        clock: Callable[[], float] | None = None,
+        rand: Callable[[], float] = random.random,
+        stopped: Collection[str] = (),
     ) -> None:
+        """``stopped``: servers that start stopped, as if by ``stop NAME`` (a worker replacing one where they were)."""
         loop = asyncio.get_running_loop()  # construct the Supervisor inside the loop that will run it
         self.plan = plan
         self._rand = rand
-        self.children = [Child(p, Backoff(p.backoff, rand)) for p in plan.servers]
+        self.children = [Child(p, Backoff(p.backoff, rand), wanted=p.name not in stopped) for p in plan.servers]
         self._by_name = {c.name: c for c in self.children}
         self._retired: list[Child] = []  # removed by a reload, still draining
         self._clock = clock

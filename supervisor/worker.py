@@ -58,7 +58,8 @@ def main() -> int:
     from supervisor.app import run_plan
 
     LOGGER.info("worker %d (pid %d) serving %d server(s) on its parent's sockets", slot, os.getpid(), len(plan.servers))
-    return cli.run(plan, run_plan(plan, (linked(link),), on_hup_reload=False))
+    stopped = frozenset(first.get("stopped", ()))  # stopped by `stop NAME` in the workers this one replaces
+    return cli.run(plan, run_plan(plan, (linked(link),), on_hup_reload=False, stopped=stopped))
 
 
 def _follow_parent(parent: int) -> None:

@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,8 @@ class WorkerProcess:
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self, sockets: Mapping[str, socket.socket]) -> None:
+    async def start(self, sockets: Mapping[str, socket.socket], stopped: Collection[str] = ()) -> None:
+        """Start the worker on ``sockets``; the servers in ``stopped`` start stopped (``start NAME`` starts them)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = {name: s.fileno() for name, s in sockets.items()}
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # sd_notify is the parent's alone
@@ -84,7 +85,7 @@ class WorkerProcess:
         log, config = logs.settings(), self.config
         channel.send({"t": "config", "path": config.path, "text": config.text, "digest": config.digest,
                       "log_level": log.level, "log_format": log.format,
-                      "log_dict_config": log.dict_config})  # fmt: skip
+                      "log_dict_config": log.dict_config, "stopped": sorted(stopped)})  # fmt: skip
         self._tasks = [asyncio.create_task(self._read(channel), name=f"worker-{self.slot}-link"),
                        asyncio.create_task(self._wait(self._proc), name=f"worker-{self.slot}-wait")]  # fmt: skip
 

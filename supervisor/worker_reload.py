@@ -184,6 +184,7 @@ def _adopt(parent: Parent, plan: Plan, config: ConfigText, pending: Pending) -> 
         del pending[name]
     warn_views(changed_views(parent.plan, plan))  # the parent's views: the workers have none
     parent.plan, parent.config = plan, config
+    parent.stopped_servers &= {s.name for s in plan.servers}  # one removed and added again later starts afresh
     fleet = parent.fleet
     fleet.plan = plan
     fleet.addresses = {s.name: sockets.address_of(parent.sockets[s.name]) for s in plan.servers}

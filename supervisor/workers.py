@@ -16,7 +16,7 @@ import signal
 import socket
 
 from supervisor import sockets, wire
-from supervisor.commands import Command, Result
+from supervisor.commands import ALL, Command, Result
 from supervisor.config import read_config
 from supervisor.errors import GaveUp, SupervisorError
 from supervisor.fleet import Fleet, Slot
@@ -75,6 +75,9 @@ class Parent:
         self._keepers: dict[int, asyncio.Task[None]] = {}
         self._retirees = Retirees(self.fleet)
         self.rolling: asyncio.Task[Result] | None = None  # the one reload under way
+        # stopped by `stop NAME` until `start`/`restart`: a worker started later (a replacement, a reload's) starts
+        # them stopped too, as a single process keeps them stopped through a reload
+        self.stopped_servers: set[str] = set()
 
     # -- control ---------------------------------------------------------------------------------------------------
 
@@ -106,7 +109,13 @@ class Parent:
             return await self.reload("control")
         if self.stopping:
             return Result(False, "the supervisor is shutting down")
-        return await self.fleet.fan_out(command, name or "")
+        result = await self.fleet.fan_out(command, name or "")
+        names = {s.name for s in self.plan.servers} if name == ALL else {name or ""}
+        if command is Command.STOP and result.ok:
+            self.stopped_servers |= names
+        elif command in (Command.START, Command.RESTART):
+            self.stopped_servers -= names
+        return result
 
     def reload(self, trigger: str) -> asyncio.Future[Result]:
         from supervisor.worker_reload import roll
@@ -154,7 +163,7 @@ class Parent:
         self.fleet.count(process)
         mine = {**self.sockets, **(pending or {})}
         try:
-            await process.start({s.name: mine[s.name] for s in plan.servers})
+            await process.start({s.name: mine[s.name] for s in plan.servers}, self.stopped_servers)
         except BaseException:
             self.fleet.bury(process)
             raise

@@ -660,3 +660,34 @@ def test_a_restart_in_every_worker_one_after_the_other_is_waited_for(tmp_path: P
         assert len(re.findall(r"\[w\d\]: server slow listening on \S+ \(generation 2\)", sp.output)) == 2
         sp.signal(signal.SIGTERM)
         assert sp.wait(30) == 0
+
+
+def test_a_server_stopped_by_hand_stays_stopped_in_a_replacement_worker_and_through_a_reload(tmp_path: Path) -> None:
+    """As in a single process: `stop NAME` holds until `start NAME`, whatever worker serves meanwhile."""
+    _write_handler(tmp_path, "v1")
+    metrics, console = free_port(), free_port()
+
+    def web() -> str:
+        status = ctl("--port", str(console), "status")
+        assert status.returncode == 0, status.stderr
+        found = re.search(r"^web\s+(\S+)", status.stdout, re.M)
+        assert found, status.stdout
+        return found[1]
+
+    with SupervisorProcess(_tree(tmp_path, metrics, console)) as sp:
+        _ports(sp)
+        assert ctl("--port", str(console), "stop", "web").returncode == 0
+        assert web() == "stopped"
+        victim = _worker_pids(sp)[1]
+        os.kill(victim, signal.SIGKILL)
+        until(lambda: _worker_pids(sp)[1] != victim, what="worker 1 replaced and ready")
+        assert web() == "stopped"
+        reloaded = ctl("--port", str(console), "reload")
+        assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+        assert web() == "stopped"
+        assert ctl("--port", str(console), "start", "web").returncode == 0
+        until(lambda: web() == "running", what="web started in every worker")
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+    between = sp.output[sp.output.index("stopped by control request") : sp.output.index("starting by control request")]
+    assert "]: server web listening" not in between  # no worker served it between the stop and the start
