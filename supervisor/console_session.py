@@ -55,6 +55,17 @@ async def session(monitor: Any, connection: Any) -> None:
         current_monitor.reset(monitor_token)
 
 
+def closing(monitor: Any) -> bool:
+    """aiomonitor's ``close()`` has begun: it cancels this future first, then the tasks the commands spawned. That
+    ends a command the session was waiting for (an open ``console`` REPL, a ``restart``) without cancelling the
+    session, which must then end too rather than draw a prompt on a closing console: the prompt asks the client
+    where its cursor is, and the session's cancellation a moment later waits up to a second for that answer
+    (1 s of every shutdown with a REPL open, when the client has stopped reading).
+    """
+    future = getattr(monitor, "_ui_forever_future", None)
+    return future is not None and future.done()
+
+
 async def run_line(monitor: Any, line: str, columns: int) -> bool:
     """Run one typed line and wait until it is done; False when the session ends (``exit``, the monitor closes)."""
     try:
@@ -74,6 +85,8 @@ async def run_line(monitor: Any, line: str, columns: int) -> bool:
         await done.wait()
         if spawned:  # the command answers from these: its reply comes before the next prompt
             await asyncio.wait(spawned)
+        if closing(monitor):
+            return False
     except click.ClickException as exc:  # unknown command, missing argument: one line, as aiomonitor prints it
         print_fail(exc.format_message())
     except asyncio.CancelledError:  # `exit`, or the monitor is closing
