@@ -5,12 +5,14 @@ new handler code, /metrics summed over the workers, and ``ctl`` acting on every 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -48,7 +50,7 @@ def _tree(
     return write_config(
         tmp_path,
         f"""
-        supervisor: {{workers: 2, loop: {loop}, shutdown_timeout: 10s{more}}}
+        supervisor: {{workers: {workers}, loop: {loop}, shutdown_timeout: 10s{more}}}
         metrics: {{port: {metrics}}}
         console: {{port: {console}}}
         servers:
@@ -691,3 +693,50 @@ def test_a_server_stopped_by_hand_stays_stopped_in_a_replacement_worker_and_thro
         assert sp.wait(30) == 0
     between = sp.output[sp.output.index("stopped by control request") : sp.output.index("starting by control request")]
     assert "]: server web listening" not in between  # no worker served it between the stop and the start
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4, after the command's parentheses
+                found.append(int(entry.name))
+    return found
+
+
+def _readyz(metrics: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_readyz_is_the_parents_view_of_every_worker_and_sigint_stops_them(tmp_path: Path) -> None:
+    _write_handler(tmp_path, "v1")
+    metrics, console = free_port(), free_port()
+    with SupervisorProcess(_tree(tmp_path, metrics, console)) as sp:
+        _ports(sp)
+        assert _readyz(metrics) == (200, {"ready": True})
+        assert sp.proc is not None
+        assert len(_children(sp.proc.pid)) == 2  # the worker processes
+        sp.signal(signal.SIGINT)
+        assert sp.wait(30) == 0
+    assert sp.output.count("]: exit 0") == 2
+
+
+def test_workers_1_is_one_process(tmp_path: Path) -> None:
+    _write_handler(tmp_path, "v1")
+    metrics, console = free_port(), free_port()
+    with SupervisorProcess(_tree(tmp_path, metrics, console, workers=1)) as sp:
+        port = sp.ready()["ver"]
+        assert sp.proc is not None
+        assert ask(port).split()[1] == str(sp.proc.pid)  # served by the supervisor itself
+        assert _children(sp.proc.pid) == []
+        assert _readyz(metrics) == (200, {"ready": True})
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
