@@ -157,7 +157,7 @@ def table(results: dict[str, list[dict[str, float]]], contenders: Sequence[Conte
                  if key in o and key in b and b[key]]  # fmt: skip
         if not pairs:
             return ""
-        return f"{statistics.median(pairs):.3f} ({min(pairs):.2f}-{max(pairs):.2f})"
+        return f"{statistics.median(pairs):.3f} ({min(pairs):.3f}-{max(pairs):.3f})"
 
     head = "| contender | req/s | x bare (per round) | server µs/req | x bare | RSS/idle conn kB | x bare |"
     lines = [head, "|---|---|---|---|---|---|---|"]
