@@ -178,6 +178,22 @@ async def test_the_protocol_example_answers_and_its_drain_closes_idle_connection
             writer.close()
 
 
+@pytest.mark.usefixtures("examples")
+async def test_the_protocol_example_answers_a_head_in_pieces_and_pipelined_heads(tmp_path: Path) -> None:
+    plan = example_plan(tmp_path, "servers: [{name: hello, kind: protocol, handler: 'hello_protocol:Hello', port: 0}]")
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n"
+    async with running(plan) as sup, asyncio.timeout(DEADLINE):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(sup, "hello"))
+        for piece in (b"GET / HTTP/1.1\r\nHo", b"st: x\r\n\r", b"\n"):  # one head in three segments
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # not an event: the gap is what makes them separate segments
+        assert await reader.readexactly(len(answer)) == answer
+        writer.write(b"GET / HTTP/1.1\r\n\r\n" * 2)  # two heads in one segment: two answers
+        assert await reader.readexactly(2 * len(answer)) == 2 * answer
+        writer.close()
+
+
 def test_the_examples_config_declares_the_readme_ports() -> None:
     config = load_config(EXAMPLES_CONFIG)
     ports = {s.name: s.port for s in config.servers}
