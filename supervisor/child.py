@@ -25,6 +25,9 @@ class Child:
     stats: ServerStats = field(default_factory=ServerStats)
     state: ChildState = ChildState.STOPPED
     wanted: bool = True  # False once stopped on purpose, or given up on
+    # Started stopped (a worker replacing one where it was stopped by hand): its dependents, running there, do not
+    # wait for it here either, until it is started
+    stopped_from_start: bool = False
     listener: Listener | None = None  # the kept listening socket, bound once
     closing: asyncio.Future[None] | None = None  # done once the last released listener's socket is closed
     gen: Generation | Pending | None = None  # the generation starting or accepting now

@@ -89,7 +89,9 @@ class Starter:
             return False
         # a dependency a reload is changing counts as started once its new generation took over
         deps = [d for d in map(tree.child, child.plan.after) if d is not None]
-        waiting = [d for d in deps if d.state is not ChildState.RUNNING or d.pending is not None]
+        waiting = [
+            d for d in deps if (d.state is not ChildState.RUNNING or d.pending is not None) and not d.stopped_from_start
+        ]
         if not waiting:
             return True
         if dead := [d for d in waiting if not d.wanted and d.state is ChildState.FAILED]:

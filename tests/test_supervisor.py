@@ -297,3 +297,31 @@ async def test_stop_request_during_backoff_exits_promptly(tmp_path: Path) -> Non
         started = loop.time()
     # the 30 s backoff timer must not hold the shutdown
     assert loop.time() - started < 0.3
+
+
+async def test_a_server_that_starts_stopped_does_not_hold_up_its_dependents(tmp_path: Path) -> None:
+    """A worker replacing one where `a` was stopped by hand starts `a` stopped; `b` (after: a) was running there, so
+    it runs here too, and the tree is ready: as in the process it replaces (where `a` stopped after `b` started)."""
+    plan = plan_from(
+        tmp_path,
+        """
+        servers:
+          - {name: a, handler: "supervisor.handlers.echo:handle", port: 0}
+          - {name: b, handler: "supervisor.handlers.echo:handle", port: 0, after: [a]}
+        """,
+    )
+    sup = Supervisor(plan, stopped={"a"})
+    task = asyncio.create_task(sup.serve())
+    try:
+        async with asyncio.timeout(DEADLINE):
+            await sup.ready
+        assert [(c.name, c.state) for c in sup.snapshot().children] == [
+            ("a", ChildState.STOPPED),
+            ("b", ChildState.RUNNING),
+        ]
+        started = await sup.control("start", "a")
+        assert started.ok, started
+        await wait_state(sup, "a", ChildState.RUNNING)
+    finally:
+        sup.request_stop("test")
+        await task
