@@ -106,17 +106,19 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
             failed(self, exc)
             return None
 
+    # Called from inside the transport's write path: an abort there, at once, makes asyncio's _write_ready close
+    # the connection a second time ("Exception in callback ..._call_connection_lost"): classified a step later.
     def pause_writing(self: asyncio.BaseProtocol) -> None:
         try:
             pause(self)
         except Exception as exc:  # noqa: BLE001
-            failed(self, exc)
+            loop.call_soon(failed, self, exc)
 
     def resume_writing(self: asyncio.BaseProtocol) -> None:
         try:
             resume(self)
         except Exception as exc:  # noqa: BLE001
-            failed(self, exc)
+            loop.call_soon(failed, self, exc)
 
     def connection_lost(self: asyncio.BaseProtocol, exc: Exception | None) -> None:
         if exc is not None and _user_raised(exc, self):
@@ -174,14 +176,16 @@ def supervised_error(context: dict[str, Any]) -> bool:
     """Whether a loop exception-handler context is an error a supervised protocol raised; if so it is handled here
     and the loop's own report is dropped. The exception's traceback names the protocol, whether the transport is
     plain or TLS (whose context names the TLS layer, not the user's protocol). Raised in data_received, the
-    transport's "Fatal error ..." report: its connection_lost classifies and logs it. Raised in a timer or a task of
-    the protocol's: a handler error of that connection, classified now (bare asyncio only logs it)."""
+    transport's "Fatal error ..." report (its context names the transport): its connection_lost classifies and logs
+    it. Raised in a timer (the context names the handle) or a task of the protocol's (the future; reported when the
+    task is collected: at once for a task nothing refers to, at the next garbage collection for one the protocol
+    keeps): a handler error of that connection, classified now (bare asyncio only logs it)."""
     exc = context.get("exception")
     tb = exc.__traceback__ if isinstance(exc, Exception) else None
     while tb is not None:
         me = tb.tb_frame.f_locals.get("self")
         if (failed := getattr(type(me), SUPERVISED, None)) is not None:
-            if not str(context.get("message", "")).startswith("Fatal error"):
+            if "transport" not in context:  # else the transport's own report: it closes and calls connection_lost
                 failed(me, exc)
             return True
         tb = tb.tb_next

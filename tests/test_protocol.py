@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import signal
 import socket
@@ -88,10 +89,12 @@ class Slotted(asyncio.Protocol):
 
 class Spawner(asyncio.Protocol):
     """Fails outside data_received: ``tick`` in a timer it sets, ``task`` in a task it starts, ``flood`` in
-    pause_writing (a 1-byte high-water mark, then a big write)."""
+    pause_writing (a 1-byte high-water mark, then a big write), ``resume`` in resume_writing (the same write,
+    read by the client)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.fails_in = ""
 
     def data_received(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -99,7 +102,8 @@ class Spawner(asyncio.Protocol):
             loop.call_later(0.01, self.tick)
         elif data.startswith(b"task"):
             loop.create_task(self.work())  # noqa: RUF006 - no reference kept: its error is reported when collected
-        elif data.startswith(b"flood"):
+        elif data.startswith((b"flood", b"resume")):
+            self.fails_in = "pause" if data.startswith(b"flood") else "resume"
             self.transport.set_write_buffer_limits(high=1)
             self.transport.write(b"x" * 4_000_000)
 
@@ -110,7 +114,12 @@ class Spawner(asyncio.Protocol):
         raise ArithmeticError("failed in a task")
 
     def pause_writing(self) -> None:
-        raise BufferError("failed in pause_writing")
+        if self.fails_in == "pause":
+            raise BufferError("failed in pause_writing")
+
+    def resume_writing(self) -> None:
+        if self.fails_in == "resume":
+            raise MemoryError("failed in resume_writing")
 
 
 def make_spawner(options: Mapping[str, Any]) -> type[Spawner]:
@@ -205,18 +214,24 @@ async def test_errors_in_its_timers_tasks_and_pause_writing_are_handler_errors_o
     async with running(plan_from(tmp_path, spawner)) as sup:
         port = port_of(sup, "s")
         stats = sup.children[0].stats
-        for n, line in enumerate((b"tick\n", b"task\n", b"flood\n"), 1):
+        for n, line in enumerate((b"tick\n", b"task\n", b"flood\n", b"resume\n"), 1):
             async with asyncio.timeout(DEADLINE):
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(line)
+                if line == b"flood\n":  # not read: the server's buffer stays full, pause_writing is what fails
+                    await eventually(lambda n=n: stats.handler_errors == n)  # type: ignore[misc]
+                with contextlib.suppress(ConnectionResetError):  # aborted by the server
+                    while await reader.read(1 << 16):
+                        pass  # the end: the server closed it (each error closes its connection)
                 await eventually(lambda n=n: stats.handler_errors == n)  # type: ignore[misc]
                 writer.close()
-        assert stats.last_handler_error == "BufferError: failed in pause_writing"
-        await eventually(lambda: stats.active == 0)  # each connection closed by its error
+        assert stats.last_handler_error == "MemoryError: failed in resume_writing"
+        assert stats.active == 0
     logged = [r.getMessage() for r in caplog.records]
-    loops_own = ("Exception in callback", "never retrieved", "pause_writing() failed")
+    loops_own = ("Exception in callback", "never retrieved", "pause_writing() failed", "resume_writing() failed")
     assert [m for m in logged if any(own in m for own in loops_own)] == []
-    for error in ("LookupError", "ArithmeticError", "BufferError"):
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []  # nothing else went wrong either
+    for error in ("LookupError", "ArithmeticError", "BufferError", "MemoryError"):
         assert sum(f"handler error, connection closed: {error}" in m for m in logged) == 1, logged
 
 
