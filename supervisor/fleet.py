@@ -123,18 +123,18 @@ class Fleet:
         """Run a server command (restart, stop, start NAME) in every serving worker. ``restart``: one worker after the
         other, so the server never stops in every worker at once; ``stop`` and ``start`` in every worker at once
         (their end state is the same everywhere). commands.answer_timeout is how long the console waits for it."""
+        return summed(await self.steps(command, name))
+
+    async def steps(self, command: Command, name: str) -> list[tuple[int, Result]]:
+        """:meth:`fan_out`'s steps: (worker number, its answer) of each serving worker."""
         serving = [
             (s.number, s.process) for s in self.slots if s.process is not None and s.state is WorkerState.RUNNING
         ]
-        if not serving:
-            return Result(False, "no worker is running (see status)")
         if command is Command.RESTART:
             steps = [await process.command(command, name) for _, process in serving]
         else:
             steps = list(await asyncio.gather(*(process.command(command, name) for _, process in serving)))
-        if all(r.ok for r in steps) and len({r.text for r in steps}) == 1:
-            return Result(True, f"{steps[0].text} in {len(steps)} worker(s)")
-        return combine([Result(r.ok, f"worker {n}: {r.text}") for (n, _), r in zip(serving, steps, strict=True)])
+        return [(n, r) for (n, _), r in zip(serving, steps, strict=True)]
 
     def resize(self, wanted: int) -> tuple[list[Slot], list[Slot]]:
         """``wanted`` slots from now on (a reload changed ``workers``): the slots added and the ones removed. A slot
@@ -224,3 +224,12 @@ class FleetLag:
 
     def blocked(self) -> bool:
         return self.own.blocked() or any(p.blocked for p in self._fleet.processes())
+
+
+def summed(steps: list[tuple[int, Result]]) -> Result:
+    """One answer for a command every serving worker ran: its text once if they all said the same."""
+    if not steps:
+        return Result(False, "no worker is running (see status)")
+    if all(r.ok for _, r in steps) and len({r.text for _, r in steps}) == 1:
+        return Result(True, f"{steps[0][1].text} in {len(steps)} worker(s)")
+    return combine([Result(r.ok, f"worker {n}: {r.text}") for n, r in steps])

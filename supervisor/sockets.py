@@ -64,7 +64,9 @@ def shared() -> bool:
 
 def bind(plan: ServerPlan) -> socket.socket:
     """A listening, non-blocking socket for ``plan``. OSError names the address and what went wrong."""
-    if (fd := _INHERITED.get(plan.name)) is not None:
+    if shared():
+        if (fd := _INHERITED.get(plan.name)) is None:  # never a socket of its own: the port is the parent's
+            raise OSError(errno.EBADF, "this worker is shutting down: it has let its parent's sockets go")
         # a copy: closing it (a stop, this worker's shutdown) leaves the parent's, and its accept queue, open
         sock = TakeOne(fileno=os.dup(fd))
         sock.setblocking(False)
@@ -151,7 +153,7 @@ def address_of(sock: socket.socket) -> Address:
 
 def identity(sock: socket.socket) -> tuple[int, int] | None:
     """The unix socket file's (device, inode): remove the file at close only if it is still ours."""
-    if sock.family != socket.AF_UNIX or _INHERITED:
+    if sock.family != socket.AF_UNIX or shared():
         return None
     st = os.stat(sock.getsockname())
     return st.st_dev, st.st_ino

@@ -1,8 +1,8 @@
 """``supervisor.workers: N``: the parent process. It binds every listening socket once and keeps it for its life;
 N worker processes (worker.py) run the supervision tree on those sockets (the gunicorn/uvicorn model, not
 SO_REUSEPORT: a dying worker's accept queue would be reset with it). A dead worker is replaced with backoff;
-too many deaths in the restart window and the parent shuts down in order and exits 1. SIGTERM: every worker
-drains in parallel, bounded (a second signal is passed on: it cuts their waits), then the sockets close.
+too many deaths in the restart window and the parent shuts down in order and exits 1. SIGTERM: the parent lets
+its sockets go and every worker drains in parallel, bounded (a second signal is passed on: it cuts their waits).
 A reload rolls the workers one at a time (worker_reload.py); the old ones drain in the background
 (worker_retire.py). Views read the workers through fleet.Fleet.
 """
@@ -16,10 +16,10 @@ import signal
 import socket
 
 from supervisor import sockets, wire
-from supervisor.commands import ALL, Command, Result
+from supervisor.commands import Command, Result
 from supervisor.config import read_config
 from supervisor.errors import GaveUp, SupervisorError
-from supervisor.fleet import Fleet, Slot
+from supervisor.fleet import Fleet, Slot, summed
 from supervisor.plan import Plan
 from supervisor.restart import Intensity
 from supervisor.signals import handle_signals
@@ -109,13 +109,19 @@ class Parent:
             return await self.reload("control")
         if self.stopping:
             return Result(False, "the supervisor is shutting down")
-        result = await self.fleet.fan_out(command, name or "")
-        names = {s.name for s in self.plan.servers} if name == ALL else {name or ""}
-        if command is Command.STOP and result.ok:
-            self.stopped_servers |= names
+        # `stop all` comes here one name at a time (console_commands). The intent is recorded before the workers
+        # act, so a worker started meanwhile (a replacement, a reload's canary) starts the server as asked
+        name = name or ""
+        was_stopped = name in self.stopped_servers
+        if command is Command.STOP:
+            self.stopped_servers.add(name)
         elif command in (Command.START, Command.RESTART):
-            self.stopped_servers -= names
-        return result
+            self.stopped_servers.discard(name)
+        steps = await self.fleet.steps(command, name)
+        if command in (Command.STOP, Command.START, Command.RESTART) and not any(r.ok for _, r in steps):
+            # no worker did it: the mark is as it was (if one did, its replacement must agree with it)
+            (self.stopped_servers.add if was_stopped else self.stopped_servers.discard)(name)
+        return summed(steps)
 
     def reload(self, trigger: str) -> asyncio.Future[Result]:
         from supervisor.worker_reload import roll
@@ -167,6 +173,8 @@ class Parent:
         except BaseException:
             self.fleet.bury(process)
             raise
+        if self.stopping:  # forked while the shutdown signalled the others: it holds the sockets now, stop it too
+            process.signal(signal.SIGTERM)
         return process
 
     def retire(self, process: WorkerProcess) -> asyncio.Future[None]:
