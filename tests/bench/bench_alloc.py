@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,11 +29,27 @@ from tests.bench.bench_hotpath import CONTENDERS, Contender, start
 TRACED = ("-m", "tests.bench.traced")
 
 
-def traced_bytes(ask: Path, reply: Path) -> int:
-    with open(ask, "w", encoding="ascii") as out:
-        out.write("?\n")
-    with open(reply, encoding="ascii") as answer:  # blocks until the server's thread has counted
-        return int(answer.read())
+def traced_bytes(ask: Path, reply: Path, timeout: float = 30.0) -> int:
+    """The server's traced total, asked over the FIFOs; bounded: a server that died must fail the run, not hang it."""
+    got: list[int] = []
+
+    def exchange() -> None:
+        with contextlib.suppress(OSError, ValueError):  # released below: an empty answer
+            with open(ask, "w", encoding="ascii") as out:
+                out.write("?\n")
+            with open(reply, encoding="ascii") as answer:  # blocks until the server's thread has counted
+                got.append(int(answer.read()))
+
+    asking = threading.Thread(target=exchange, name="traced-ask", daemon=True)
+    asking.start()
+    asking.join(timeout)
+    if not got:
+        for fifo, mode in ((ask, os.O_RDONLY), (reply, os.O_WRONLY)):  # open the other ends: the open() returns
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, mode | os.O_NONBLOCK))
+        asking.join(5)
+        raise RuntimeError(f"the traced server did not answer within {timeout:g}s")
+    return got[0]
 
 
 def one(c: Contender, args: argparse.Namespace, tmp: Path) -> float:

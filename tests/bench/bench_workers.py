@@ -167,7 +167,7 @@ def kill_under_load(tmp: Path) -> dict[str, float]:
             victim = worker_pids(run)[1]
             killed = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-            at, _ = run.wait_for(rf"worker 1 \(pid (?!{victim})\d+\) ready", after=killed)
+            at, _ = run.wait_for(rf"worker 1 \(pid (?!{victim}\))\d+\) ready", after=killed)
             time.sleep(1.0)
         if load.kinds:
             print(f"kill under load: failures {dict(load.kinds)}", file=sys.stderr)
