@@ -24,19 +24,42 @@ def quota_cpus(quota: str, period: str) -> int | None:
     return -(-q // p)
 
 
-def cgroup_quota(root: Path = CGROUP_ROOT) -> int | None:
-    """The CPU quota (in whole CPUs, rounded up) of the cgroup mounted at ``root``: v2 ``cpu.max`` if present,
-    else v1 ``cpu/cpu.cfs_quota_us`` and ``cpu/cpu.cfs_period_us``. Missing or unreadable files: None."""
-    try:
-        quota, _, period = (root / "cpu.max").read_text().strip().partition(" ")
-        return quota_cpus(quota, period)
-    except (OSError, UnicodeDecodeError):  # not cgroup v2 (or not readable): try v1
-        pass
+def cgroup_quota(root: Path = CGROUP_ROOT, own: Path = Path("/proc/self/cgroup")) -> int | None:
+    """The CPU quota (in whole CPUs, rounded up) of this process's cgroup: v2 ``cpu.max`` of its own cgroup and of
+    each one above it up to ``root`` (the smallest: a parent's limit holds for its children; a container with its
+    own cgroup namespace sees its cgroup as ``0::/``, a systemd unit's ``CPUQuota=`` is its unit's cgroup), else
+    v1 ``cpu/cpu.cfs_quota_us`` and ``cpu/cpu.cfs_period_us`` at ``root``. Missing or unreadable files: None."""
+    if (root / "cgroup.controllers").exists() or (root / "cpu.max").exists():  # v2 (its root has no cpu.max)
+        found = [q for d in _own_and_above(root, own) if (q := _cpu_max(d)) is not None]
+        return min(found, default=None)
     try:
         v1 = root / "cpu"
         return quota_cpus((v1 / "cpu.cfs_quota_us").read_text(), (v1 / "cpu.cfs_period_us").read_text())
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def _own_and_above(root: Path, own: Path) -> list[Path]:
+    """``root``/(this process's v2 cgroup path), then each directory above it, up to ``root`` itself."""
+    try:
+        line = next((ln for ln in own.read_text().splitlines() if ln.startswith("0::")), "0::/")
+    except (OSError, UnicodeDecodeError):
+        line = "0::/"
+    here = root / line[3:].strip().lstrip("/")
+    if ".." in here.parts:  # not a path under the mount
+        return [root]
+    dirs = [here]
+    while dirs[-1] != root:
+        dirs.append(dirs[-1].parent)
+    return dirs
+
+
+def _cpu_max(cgroup: Path) -> int | None:
+    try:
+        quota, _, period = (cgroup / "cpu.max").read_text().strip().partition(" ")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return quota_cpus(quota, period)
 
 
 def affinity() -> int:

@@ -105,3 +105,22 @@ def test_the_real_machine() -> None:
     assert 1 <= count <= cpus.affinity()
     assert source in {"CPU quota", "CPU affinity"}
     assert values.workers("auto") == count
+
+
+def test_v2_reads_the_process_cgroup_and_every_one_above_it(tmp_path: Path) -> None:
+    """A systemd unit's CPUQuota= is its own cgroup's cpu.max (no namespace: /proc/self/cgroup names the path);
+    a parent's limit holds for its children: the smallest counts. The v2 root itself has no cpu.max."""
+    (tmp_path / "cgroup.controllers").write_text("cpu io memory\n")
+    unit = tmp_path / "system.slice" / "app.service"
+    unit.mkdir(parents=True)
+    own = tmp_path / "proc-self-cgroup"
+    own.write_text("0::/system.slice/app.service\n")
+    assert cpus.cgroup_quota(tmp_path, own) is None  # no cpu.max anywhere
+    (unit / "cpu.max").write_text("300000 100000\n")
+    assert cpus.cgroup_quota(tmp_path, own) == 3
+    (tmp_path / "system.slice" / "cpu.max").write_text("150000 100000\n")  # the slice allows less
+    assert cpus.cgroup_quota(tmp_path, own) == 2
+    (unit / "cpu.max").write_text("max 100000\n")
+    assert cpus.cgroup_quota(tmp_path, own) == 2  # the slice's limit still holds
+    own.write_text("0::/../../etc\n")  # not under the mount: only the mount's own
+    assert cpus.cgroup_quota(tmp_path, own) is None
