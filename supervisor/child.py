@@ -25,9 +25,6 @@ class Child:
     stats: ServerStats = field(default_factory=ServerStats)
     state: ChildState = ChildState.STOPPED
     wanted: bool = True  # False once stopped on purpose, or given up on
-    # Started stopped (a worker replacing one where it was stopped by hand): its dependents, running there, do not
-    # wait for it here either, until it is started
-    stopped_from_start: bool = False
     listener: Listener | None = None  # the kept listening socket, bound once
     closing: asyncio.Future[None] | None = None  # done once the last released listener's socket is closed
     gen: Generation | Pending | None = None  # the generation starting or accepting now
@@ -52,6 +49,12 @@ class Child:
     @property
     def name(self) -> str:
         return self.plan.name
+
+    @property
+    def stopped_unstarted(self) -> bool:
+        """Stopped by hand before it ever ran here (a worker replacing one where it was stopped): its dependents,
+        running there, do not wait for it here either."""
+        return not self.wanted and self.generation == 0
 
     def hold(self, level: int, msg: str, *args: object, exc_info: BaseException | None = None) -> None:
         self.held.append(functools.partial(LOGGER.log, level, msg, *args, exc_info=exc_info))

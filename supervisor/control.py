@@ -126,7 +126,7 @@ def apply(tree: Coordinator, command: Command, child: Child) -> None:
             tree.stop_generation(child)
         child.stats.restarts["manual"] += 1
         child.restarts += 1
-    child.wanted, child.stopped_from_start = True, False
+    child.wanted = True
     child.not_before = 0.0
     child.served = False  # started by hand: start_retries counts afresh
     child.start_failures = 0

@@ -87,25 +87,17 @@ class Fleet:
     def counters(self) -> Mapping[str, ServerStats]:
         totals = {name: dataclasses.replace(self._dead.get(name) or ServerStats()) for name in self.addresses}
         for name, stats in totals.items():
-            stats.restarts, stats.client_errors = Counter(), stats.client_errors.copy()  # never the dead totals' own
+            stats.restarts, stats.client_errors = stats.restarts.copy(), stats.client_errors.copy()
             stats.duration_counts = list(stats.duration_counts)
             for process in self._counted:
                 if (live := process.stats.get(name)) is not None:
                     wire.add_stats(stats, live)
-            stats.restarts = self.restart_counts(name)  # the count status shows (Fleet._build)
         return totals
 
-    def restart_counts(self, name: str) -> Counter[str]:
-        """``name``'s restarts by reason (/metrics' ``supervisor_server_restarts_total``): see :meth:`_restarts_of`."""
-        counts = Counter[str]()
-        for reported in self._restarts_of(name):
-            counts.update(reported)
-        return counts
-
     def _restarts_of(self, name: str) -> list[Counter[str]]:
-        """``name``'s restart counts as reported: the buried workers' totals and every counted worker's last report.
-        The one source of /metrics' restarts and of the status' restarts column (their sum), so the two agree, and
-        neither goes backwards when a worker dies (its count moves from its report to the buried totals)."""
+        """``name``'s restart counts as reported, for the status' restarts column: the buried workers' totals and
+        every counted worker's last report, the same sum :meth:`counters` gives /metrics (tests/test_fleet.py holds
+        them equal), so neither goes backwards when a worker dies (its count moves from its report to the dead)."""
         dead = self._dead.get(name)
         counts = [dead.restarts] if dead is not None else []
         counts += [live.restarts for process in self._counted if (live := process.stats.get(name)) is not None]

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from supervisor import sockets
+from supervisor.parked import Parked
 from supervisor.plan import ServerPlan
-from supervisor.protocols import Parked
 from supervisor.state import ServerStats
 from supervisor.streams import Reader, stream_protocol
 from supervisor.throttle import Throttle, folded

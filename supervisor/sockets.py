@@ -166,3 +166,9 @@ def remove_file(sock_path: str, ours: tuple[int, int] | None) -> None:
         st = os.stat(sock_path)
         if (st.st_dev, st.st_ino) == ours:
             os.unlink(sock_path)
+
+
+def close(sock: socket.socket, ours: tuple[int, int] | None) -> None:
+    """Close a bound socket for good, and its unix socket file if it is still the one ``identity`` gave."""
+    remove_file(sock.getsockname() if sock.family == socket.AF_UNIX else "", ours)
+    sock.close()

@@ -90,7 +90,7 @@ class Starter:
         # a dependency a reload is changing counts as started once its new generation took over
         deps = [d for d in map(tree.child, child.plan.after) if d is not None]
         waiting = [
-            d for d in deps if (d.state is not ChildState.RUNNING or d.pending is not None) and not d.stopped_from_start
+            d for d in deps if (d.state is not ChildState.RUNNING or d.pending is not None) and not d.stopped_unstarted
         ]
         if not waiting:
             return True

@@ -51,10 +51,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()  # construct the Supervisor inside the loop that will run it
         self.plan = plan
         self._rand = rand
-        self.children = [
-            Child(p, Backoff(p.backoff, rand), wanted=p.name not in stopped, stopped_from_start=p.name in stopped)
-            for p in plan.servers
-        ]
+        self.children = [Child(p, Backoff(p.backoff, rand), wanted=p.name not in stopped) for p in plan.servers]
         self._by_name = {c.name: c for c in self.children}
         self._retired: list[Child] = []  # removed by a reload, still draining
         self._clock = clock

@@ -96,10 +96,9 @@ async def _roll(parent: Parent, path: str) -> Result:
                 parent.fleet.publish()
     finally:
         for sock, ours in pending.values():  # not adopted (the canary failed, or the reload was cut): closed again
-            sockets.remove_file(sock.getsockname() if sock.family == socket.AF_UNIX else "", ours)
-            sock.close()
+            sockets.close(sock, ours)
     _resize(parent, plan)
-    parent.close_sockets([name for name in parent.sockets if name not in {s.name for s in plan.servers}])
+    parent.sockets.close([name for name in parent.sockets if name not in {s.name for s in plan.servers}])
     if behind:
         return Result(False, f"reload applied by the canary, but worker(s) {behind} failed to start it and are being "
                              "replaced by their slots with the new config; see the log")  # fmt: skip
@@ -124,8 +123,7 @@ def _bind_new(parent: Parent, plan: Plan) -> Pending:
                 pending[server.name] = (sock, sockets.identity(sock))
     except OSError:
         for sock, ours in pending.values():
-            sockets.remove_file(sock.getsockname() if sock.family == socket.AF_UNIX else "", ours)
-            sock.close()
+            sockets.close(sock, ours)
         raise
     return pending
 
@@ -180,7 +178,7 @@ def _adopt(parent: Parent, plan: Plan, config: ConfigText, pending: Pending) -> 
     for name, (sock, _) in list(pending.items()):
         if name in parent.sockets:
             parent.sockets[f"{name}@old"] = parent.sockets.pop(name)
-        parent.adopt_socket(name, sock)
+        parent.sockets.adopt(name, sock)
         del pending[name]
     warn_views(changed_views(parent.plan, plan))  # the parent's views: the workers have none
     parent.plan, parent.config = plan, config

@@ -20,6 +20,7 @@ from supervisor.commands import Command, Result
 from supervisor.config import read_config
 from supervisor.errors import GaveUp, SupervisorError
 from supervisor.fleet import Fleet, Slot, summed
+from supervisor.parent_sockets import ParentSockets
 from supervisor.plan import Plan
 from supervisor.restart import Intensity
 from supervisor.signals import handle_signals
@@ -39,7 +40,7 @@ async def run_parent(plan: Plan, views: tuple[View, ...]) -> None:
     try:
         await parent.run(views)
     finally:
-        parent.close_sockets()
+        parent.sockets.close()
 
 
 def _config_text(plan: Plan) -> ConfigText:
@@ -53,17 +54,7 @@ class Parent:
     def __init__(self, plan: Plan, config: ConfigText) -> None:
         self.plan = plan
         self.config = config
-        self.sockets: dict[str, socket.socket] = {}  # server name -> its listening socket, for the parent's life
-        self._files: dict[int, tuple[int, int] | None] = {}  # fd -> its unix socket file, removed at close
-        try:
-            for server in plan.servers:
-                self.adopt_socket(server.name, sockets.bind(server))
-        except OSError as exc:
-            self.close_sockets()
-            raise SupervisorError(
-                f"cannot listen: {exc.strerror}; stop what holds that address or pick another port (with workers: N "
-                "every socket is bound once, at start); nothing was started"
-            ) from None
+        self.sockets = ParentSockets.bind(plan)  # for the parent's life
         addresses = {name: sockets.address_of(s) for name, s in self.sockets.items()}
         self.fleet = Fleet(plan, addresses, self.handle)
         loop = asyncio.get_running_loop()
@@ -118,9 +109,10 @@ class Parent:
         elif command in (Command.START, Command.RESTART):
             self.stopped_servers.discard(name)
         steps = await self.fleet.steps(command, name)
-        if command in (Command.STOP, Command.START, Command.RESTART) and not any(r.ok for _, r in steps):
-            # no worker did it: the mark is as it was (if one did, its replacement must agree with it)
-            (self.stopped_servers.add if was_stopped else self.stopped_servers.discard)(name)
+        if not any(r.ok for _, r in steps):  # no worker did it: the mark is as it was (if one did, its
+            self.stopped_servers.discard(name)  # replacement must agree with it)
+            if was_stopped:
+                self.stopped_servers.add(name)
         return summed(steps)
 
     def reload(self, trigger: str) -> asyncio.Future[Result]:
@@ -214,7 +206,7 @@ class Parent:
         # Our copies go now, not after the drains: a listening socket refuses new clients only once its last
         # descriptor is closed, and the workers close theirs as their drains begin. Kept, it went on queueing
         # clients nobody would accept, reset at exit (a new client hung 2.9 s, then reset; workers: 1 refuses).
-        self.close_sockets()
+        self.sockets.close()
         exits = [p.exited for p in processes]
         if exits:
             every = asyncio.ensure_future(_every(exits))
@@ -238,17 +230,6 @@ class Parent:
             slot.state = WorkerState.STOPPED
         fleet.publish()
         LOGGER.info("shutdown complete in %.3fs", loop.time() - started)
-
-    def adopt_socket(self, name: str, sock: socket.socket) -> None:
-        self.sockets[name] = sock
-        self._files[sock.fileno()] = sockets.identity(sock)
-
-    def close_sockets(self, names: list[str] | None = None) -> None:
-        for name in list(self.sockets) if names is None else names:
-            sock = self.sockets.pop(name)
-            path = sock.getsockname() if sock.family == socket.AF_UNIX else ""
-            sockets.remove_file(path, self._files.pop(sock.fileno(), None))
-            sock.close()
 
     def retune(self, plan: Plan) -> None:
         """A reload's supervisor: section, from now on (the death history is kept)."""
