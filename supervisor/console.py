@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp.web_exceptions import NotAppKeyWarning
@@ -37,6 +37,7 @@ LOGGER = logging.getLogger("supervisor")
 
 START_TIMEOUT = 5.0  # aiomonitor starts in 1-2 ms; past this its UI thread died (P4, P11)
 CLOSE_TIMEOUT = 5.0  # it closes in 1-10 ms; past this a session is stuck and the thread is left behind
+ANSWER_GRACE = 1.0  # before closing: for the answers being written (`ctl shutdown`'s own, a status); normally <1 ms
 PROMPT = "supervisor >>> "
 QUIET_LOGGERS = ("prompt_toolkit.contrib.telnet", "aiomonitor.monitor")
 
@@ -50,6 +51,34 @@ class SupervisorMonitor(aiomonitor.Monitor):  # type: ignore[misc]  # aiomonitor
         self.tree = tree
         self.repl = repl
         self.prompt = PROMPT
+        self._answering: set[asyncio.Task[None]] = set()  # on the UI loop only
+
+    def answer(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a command's answer as a task on the UI loop (from a command, on that loop): the session waits for
+        it before the next prompt, and the close for it before the connections go (:meth:`answered`)."""
+        task = self._ui_loop.create_task(coro)
+        self._termui_tasks.add(task)  # aiomonitor's record: what the session waits for, what close() cancels
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def answered(self, timeout: float) -> None:
+        """Wait, from the supervisor's loop, until the answers under way are written, at most ``timeout``.
+
+        Without it a ``ctl shutdown`` could get no reply: its request stops the supervisor, whose shutdown can take
+        1 ms, and close() cancels the answer's task on the UI thread before it has written the reply (seen in CI:
+        the client read a closed connection and exited 1 while the supervisor exited 0).
+        """
+
+        async def settle() -> None:  # on the UI loop, which owns the set
+            if self._answering:
+                await asyncio.wait(set(self._answering), timeout=timeout)
+
+        try:
+            done = asyncio.run_coroutine_threadsafe(settle(), self._ui_loop)
+        except RuntimeError:  # the UI loop is closed: nothing is being written
+            return
+        with contextlib.suppress(TimeoutError):  # a stuck UI thread: close() handles that one
+            await asyncio.wait_for(asyncio.wrap_future(done), timeout)
 
 
 # aiomonitor 0.7.1 starts each telnet session with its module-level `interact` (no hook on the Monitor): ours
@@ -116,6 +145,7 @@ async def console_view(plan: Plan, supervisor: TreeView) -> AsyncIterator[Superv
         )
         yield monitor
     finally:
+        await monitor.answered(ANSWER_GRACE)
         if await _in_thread(monitor.close, CLOSE_TIMEOUT, "console-close"):
             LOGGER.info("console closed")
         else:

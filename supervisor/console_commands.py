@@ -132,7 +132,10 @@ def _spawn(
             return
         show(await execute(tree, action, names, **options))
 
-    monitor._termui_tasks.add(monitor._ui_loop.create_task(run(ctx)))
+    if tree is None:  # another aiomonitor Monitor in this process: the commands are on aiomonitor's one group
+        monitor._termui_tasks.add(monitor._ui_loop.create_task(run(ctx)))
+    else:
+        monitor.answer(run(ctx))  # console.SupervisorMonitor: its close waits for the answer to be written
 
 
 @_command(Command.STATUS, doc=Command.STATUS.help)

@@ -15,11 +15,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from supervisor import cli, console
+from supervisor import cli, console, console_commands
 from supervisor.access import is_loopback
 from supervisor.commands import Command
 from supervisor.console import PROMPT, console_view
@@ -137,6 +138,33 @@ async def test_shutdown_from_the_console(tmp_path: Path) -> None:
             await task  # serve() returns: the ordered shutdown ran
     assert reply == Reply(True, "shutting down")
     assert sup.stop_reason == "control: shutdown"
+
+
+async def test_the_shutdown_answer_is_written_before_the_console_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ctl shutdown` stops the supervisor, whose shutdown may take 1 ms: the console's close must not cancel the
+    reply still on its way (CI once saw the client read a closed connection and exit 1). A slow UI thread is made
+    certain here: each answer reaches the client 0.3 s after the supervisor answered it."""
+    execute = console_commands.execute
+
+    async def slow_execute(*args: Any, **kwargs: Any) -> Reply:
+        result = await execute(*args, **kwargs)
+        await asyncio.sleep(0.3)  # on the UI loop, after the supervisor's loop has begun its shutdown
+        return result
+
+    monkeypatch.setattr(console_commands, "execute", slow_execute)
+    port = free_port_run(2)
+    plan = _plan(tmp_path, port)
+    sup = Supervisor(plan)
+    async with console_view(plan, sup):
+        task = asyncio.create_task(sup.serve())
+        await sup.ready
+        reply = asyncio.create_task(asyncio.to_thread(_request, port, "shutdown"))
+        async with asyncio.timeout(10):
+            await task  # the shutdown is over well before the answer is written
+        assert not reply.done()
+    assert await reply == Reply(True, "shutting down")
 
 
 async def test_commands_before_the_supervisor_runs(tmp_path: Path) -> None:
