@@ -79,8 +79,8 @@ def resolve_handler(spec: ServerSpec, problems: list[str]) -> tuple[object, bool
     return target, direct
 
 
-# keys of the stream kind's own reader and writer: a protocol owns its buffers and its silence
-STREAM_ONLY = ("read_limit", "idle_timeout", "max_write_buffer")
+# keys of the stream kind's own reader and writer: a protocol owns its buffers (idle_timeout applies to both)
+STREAM_ONLY = ("read_limit", "max_write_buffer")
 
 
 def _protocol_target(spec: ServerSpec, target: object, problems: list[str]) -> tuple[object, bool] | None:
@@ -89,7 +89,7 @@ def _protocol_target(spec: ServerSpec, target: object, problems: list[str]) -> t
         if key in spec.locations:
             problems.append(
                 f"{spec.where(key)}: '{key}' applies to kind stream only (a protocol owns its buffers and "
-                "timeouts: use pause_writing()/resume_writing() and your own timers); remove it"
+                "flow: use pause_writing()/resume_writing() and bound what you buffer); remove it"
             )
     if is_protocol_class(target):
         if spec.options:

@@ -26,9 +26,10 @@ class _Head:
 
 class Node:
     """A connection whose protocol cannot take our slots (a factory's instances, moved to a same-layout subclass):
-    in ``nodes``, not linked. 48 B + the dict entry's 37 B + the float's 24 B (the dict's old tuple was 56 B)."""
+    in ``nodes``, not linked. 56 B + the dict entry's 37 B + the float's 24 B (the dict's old tuple was 56 B).
+    With ``idle_timeout`` it holds the connection's Silence (protocol_idle.py)."""
 
-    __slots__ = ("_supervisor_since", "_supervisor_transport")
+    __slots__ = ("_supervisor_silence", "_supervisor_since", "_supervisor_transport")
     _supervisor_since: float
     _supervisor_transport: Any
 

@@ -3,14 +3,15 @@ stream server's -- counted, tracked for the drain, their errors classified under
 
 The user's class is subclassed once per generation (:func:`supervised`); the subclass wraps the other callbacks
 (made, eof, lost, pause/resume writing) in a ``try``, and leaves ``data_received`` -- the per-request one -- the
-user's own: the transport calls it with no frame of ours between (a wrapper frame was 1.7k of 24.9k instructions per
-keep-alive request, callgrind on uvloop). An exception from it is caught by the transport itself, on both loops,
-which closes the connection and hands the exception to ``connection_lost``: classified there
-(:func:`_user_raised`), and the loop's "Fatal error: protocol.data_received() call failed." report is dropped
-(loopguard.py, :func:`supervised_error`). The subclass also adds the slots of the generation's live list
-(protocol_connections.py): nothing else is allocated per connection but the accepted-at float. A factory that
-returns instances of another class gets them moved to a subclass of theirs, made once per class and generation,
-which cannot add slots: each of those connections gets a Node.
+user's own: the transport calls it with no frame of ours between (a wrapper frame was 1.7k of 24.9k instructions
+per keep-alive request, callgrind on uvloop), unless ``idle_timeout`` is set (protocol_idle.py). An exception
+from it is caught by the transport itself, on both loops, which closes the connection and hands the exception to
+``connection_lost``: classified there (:func:`_user_raised`), and the loop's "Fatal error:
+protocol.data_received() call failed." report is dropped (loopguard.py, :func:`supervised_error`). The subclass
+also adds the slots of the generation's live list (protocol_connections.py): nothing else is allocated per
+connection but the accepted-at float. A factory that returns instances of another class gets them moved to a
+subclass of theirs, made once per class and generation, which cannot add slots: each of those connections gets a
+Node.
 
 The drain contract: an optional ``drain()`` method, called once per live connection when the generation drains
 (a keep-alive HTTP protocol closes when idle, finishes its response then closes); without one the transport is
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor.errors import StopServer
 from supervisor.protocol_connections import LINKS, ProtocolConnections
+from supervisor.protocol_idle import SILENCE, Silence, heard_by
 from supervisor.throttle import folded
 
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
     conns: ProtocolConnections = gen.conns
     loop = gen.loop
     nodes = conns.nodes
+    idle = gen.plan.idle_timeout
 
     def failed(self: asyncio.BaseProtocol, exc: Exception) -> None:  # a handler error of this connection
         conns.abort(self if own else nodes.get(self))
@@ -91,6 +94,8 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
             return
         node = self if own else conns.node(self)
         conns.add(node, transport, loop.time())
+        if idle:
+            setattr(node, SILENCE, Silence(loop, transport, idle, gen.stats))
         try:
             made(self, transport)
         except Exception as exc:  # noqa: BLE001 - classified like any callback's error
@@ -129,10 +134,14 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
         except Exception as error:  # noqa: BLE001
             failed(self, error)
         finally:
-            conns.remove(self if own else conns.forget(self), loop.time())
+            node = self if own else conns.forget(self)
+            if idle and (silence := getattr(node, SILENCE, None)) is not None:
+                silence.cancel()
+            conns.remove(node, loop.time())
 
     namespace: dict[str, Any] = {
-        "__slots__": LINKS if own else (),  # else the user's class's layout: its instances can be moved here
+        # else the user's class's layout: its instances can be moved here
+        "__slots__": ((*LINKS, SILENCE) if idle else LINKS) if own else (),
         "connection_made": connection_made,
         "eof_received": eof_received,
         "connection_lost": connection_lost,
@@ -140,6 +149,8 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
         "resume_writing": resume_writing,
         SUPERVISED: staticmethod(failed),
     }
+    if idle:  # only then a frame of ours around data_received: it notes the time of each read
+        namespace["data_received"] = heard_by(base.data_received, loop, None if own else nodes)  # type: ignore[attr-defined]
     return type(base.__name__, (base,), namespace)
 
 

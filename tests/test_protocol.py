@@ -412,6 +412,64 @@ async def test_connections_are_listed_in_accept_order_through_the_protocols_or_a
             writer.close()
 
 
+IDLE = """
+servers:
+  - {name: own, kind: protocol, handler: "tests.test_protocol:make_echo", port: 0, idle_timeout: 300ms}
+  - {name: node, kind: protocol, handler: "tests.test_protocol:make_instances", port: 0, idle_timeout: 300ms}
+"""
+MARGIN = 0.3  # past a timeout, how late the close may come on a busy machine (as test_client_faults)
+
+
+@pytest.mark.parametrize("name", ["own", "node"])  # the protocol's own slots, a factory's instances' Node
+async def test_idle_timeout_closes_a_silent_client_and_spares_one_that_talks(tmp_path: Path, name: str) -> None:
+    loop = asyncio.get_running_loop()
+    async with running(plan_from(tmp_path, IDLE)) as sup:
+        port = port_of(sup, name)
+        stats = sup.child(name).stats  # type: ignore[union-attr]
+        started = loop.time()  # before the server's clock for it starts: it is accepted after this
+        quiet_r, quiet_w = await asyncio.open_connection("127.0.0.1", port)  # connects, sends nothing
+        chatty_r, chatty_w = await asyncio.open_connection("127.0.0.1", port)
+
+        async def closed_after() -> float:
+            assert await quiet_r.read() == b""  # closed by the server: a clean end-of-stream
+            return loop.time() - started
+
+        quiet = asyncio.create_task(closed_after())
+        for _ in range(6):  # 0.6 s of talking, twice the timeout: never idle
+            chatty_w.write(b"ping\n")
+            assert await chatty_r.readline() == b"ping\n"
+            await asyncio.sleep(0.1)  # the client's own pace, not a wait for the server
+        async with asyncio.timeout(DEADLINE):
+            assert 0.3 <= await quiet < 0.3 + MARGIN
+        chatty_w.write(b"still\n")
+        assert await chatty_r.readline() == b"still\n"
+        assert stats.client_errors["idle_timeout"] == 1
+        assert stats.handler_errors == 0
+        await eventually(lambda: stats.active == 1)
+        for w in (quiet_w, chatty_w):
+            w.close()
+
+
+async def test_idle_timeout_aborts_a_client_that_neither_sends_nor_reads(tmp_path: Path) -> None:
+    """close() would wait for ever to flush what such a client never reads: the connection would stay."""
+    async with running(plan_from(tmp_path, IDLE)) as sup:
+        stats = sup.child("own").stats  # type: ignore[union-attr]
+        sock = socket.create_connection(("127.0.0.1", port_of(sup, "own")))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            # more than the kernel's buffers on both sides hold: the echo's rest waits in the transport
+            await asyncio.wait_for(loop_sendall(sock, b"x" * 24_000_000), DEADLINE)
+            await eventually(lambda: stats.client_errors["idle_timeout"] == 1)
+            await eventually(lambda: stats.active == 0)
+        finally:
+            sock.close()
+
+
+async def loop_sendall(sock: socket.socket, data: bytes) -> None:
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_sendall(sock, data)
+
+
 @pytest.mark.parametrize(
     ("server", "expected"),
     [
@@ -420,6 +478,8 @@ async def test_connections_are_listed_in_accept_order_through_the_protocols_or_a
         ('{name: a, handler: "tests.test_protocol:Echo", port: 0}', "add 'kind: protocol'"),
         ('{name: a, kind: protocol, handler: "tests.test_protocol:Echo", port: 0, read_limit: 4KiB}',
          "servers[0].read_limit: 'read_limit' applies to kind stream only"),
+        ('{name: a, kind: protocol, handler: "tests.test_protocol:Echo", port: 0, max_write_buffer: 1MiB}',
+         "servers[0].max_write_buffer: 'max_write_buffer' applies to kind stream only"),
         ('{name: a, kind: protocol, handler: "tests.test_protocol:Echo", port: 0, options: {x: 1}}',
          "is a Protocol class and takes no options"),
     ],
@@ -428,7 +488,7 @@ def test_config_errors_are_located(tmp_path: Path, server: str, expected: str) -
     with pytest.raises(ConfigError) as err:
         plan_from(tmp_path, f"servers:\n  - {server}\n")
     assert expected in str(err.value)
-    assert re.search(r"\.yaml:\d+: servers\[0\]\.(kind|handler|read_limit|options): ", str(err.value))
+    assert re.search(r"\.yaml:\d+: servers\[0\]\.(kind|handler|read_limit|max_write_buffer|options): ", str(err.value))
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
