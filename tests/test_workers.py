@@ -712,6 +712,39 @@ def test_a_server_stopped_by_hand_stays_stopped_in_a_replacement_worker_and_thro
     assert "]: server web listening" not in between  # no worker served it between the stop and the start
 
 
+def test_replacement_workers_serve_the_dependents_of_a_server_stopped_by_hand(tmp_path: Path) -> None:
+    """`ver` starts after `web`; with `web` stopped, a worker replacing a dead one must not wait for it: it is
+    ready and serves `ver`. Both workers are replaced, so the answers can only come from replacements."""
+    _write_handler(tmp_path, "v1")
+    metrics, console = free_port(), free_port()
+    config = write_config(
+        tmp_path,
+        f"""
+        supervisor: {{workers: 2, shutdown_timeout: 10s}}
+        metrics: {{port: {metrics}}}
+        console: {{port: {console}}}
+        servers:
+          - {{name: web, handler: "supervisor.handlers.http:make", port: 0}}
+          - {{name: ver, handler: "ver:handle", port: 0, after: [web]}}
+        """,
+    )
+    with SupervisorProcess(config) as sp:
+        port = _ports(sp)["ver"]
+        assert ctl("--port", str(console), "stop", "web").returncode == 0
+        first = _worker_pids(sp)
+        for slot, victim in first.items():
+            os.kill(victim, signal.SIGKILL)
+            until(lambda: _worker_pids(sp)[slot] != victim, what=f"worker {slot} replaced and ready")  # noqa: B023
+        replacements = set(_worker_pids(sp).values())
+        assert replacements.isdisjoint(first.values())
+        answers = {int(ask(port).split()[1]) for _ in range(20)}
+        assert answers <= replacements, (answers, replacements)
+        status = ctl("--port", str(console), "status")
+        assert re.search(r"^web\s+stopped", status.stdout, re.M), status.stdout
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
