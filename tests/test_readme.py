@@ -8,6 +8,7 @@ README), and ``supervisor run examples/examples.yaml`` runs as a real process (o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import re
 import shutil
@@ -31,6 +32,7 @@ from tests.proc import REPO, SupervisorProcess
 
 EXAMPLES = REPO / "examples"
 EXAMPLES_CONFIG = EXAMPLES / "examples.yaml"
+CLOCK_STEP = 0.001  # uvloop's loop.time() moves in whole milliseconds (asyncio's in nanoseconds)
 README = (REPO / "README.md").read_bytes().decode()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
 # a block, a blank line, then the file it shows: "`examples/chat.py`" (maybe followed by more words)
@@ -152,12 +154,18 @@ async def test_the_protocol_example_answers_and_its_drain_closes_idle_connection
     window = 0.3  # FRESH_WINDOW (1 s), shortened: the answered connection must be older than it
     monkeypatch.setattr(protocol_connections, "FRESH_WINDOW", window)
     loop = asyncio.get_running_loop()
-    async with running(plan) as sup:
+    async with running(plan) as sup, contextlib.AsyncExitStack() as writers:
         port = port_of(sup, "hello")
         body, answered_r, answered_w = await get_hello(port)
+        writers.callback(answered_w.close)  # closed even if an assert fails: no transport leaks into later tests
+        answered = loop.time()  # the server accepted it before it answered: on the same loop's clock, no later
         assert body == b"hello\n"
         await asyncio.sleep(window)  # not an event: the connection's age is what is under test
+        # ...and strictly older than the window on the loop's clock: uvloop's is in 1 ms steps, so after the sleep
+        # the age can be exactly `window`, a tie the drain's float comparison breaks either way (~1 run in 15)
+        await eventually(lambda: loop.time() - answered >= window + CLOCK_STEP)
         silent_r, silent_w = await asyncio.open_connection("127.0.0.1", port)  # connected, never sends
+        writers.callback(silent_w.close)
         stats = sup.children[0].stats
         await eventually(lambda: stats.active == 2)  # both are the first generation's connections
         started = loop.time()
@@ -165,6 +173,7 @@ async def test_the_protocol_example_answers_and_its_drain_closes_idle_connection
         async with asyncio.timeout(DEADLINE):
             assert await answered_r.read() == b""  # closed by the server: idle after its answer
             answered_at = loop.time() - started
+            assert len(drained) == 1  # drained alone, before the window's timer drains the silent one
             assert await silent_r.read() == b""  # a young one is spared the window: its request may be on the way
             silent_at = loop.time() - started
         assert answered_at < window  # at once, not the 20 s drain budget
@@ -173,9 +182,8 @@ async def test_the_protocol_example_answers_and_its_drain_closes_idle_connection
         assert stats.drain_cancelled == 0
         await wait_state(sup, "hello", ChildState.RUNNING, generation=2)
         body, _, again_w = await get_hello(port)  # the next generation serves
+        writers.callback(again_w.close)
         assert body == b"hello\n"
-        for writer in (answered_w, silent_w, again_w):
-            writer.close()
 
 
 @pytest.mark.usefixtures("examples")
