@@ -104,9 +104,8 @@ class Generation:
 
     def start_drain(self, budget: float, *, restart: bool = False) -> None:
         if not self._drain_budget.done():
-            # a worker's shutdown is a restart for its clients too: in a reload the others serve on (it cannot tell
-            # that from the whole fleet's shutdown, where the spared connection is answered, 1 s later at most)
-            self.spare_fresh = restart or sockets.shared()
+            # a worker's retirement (a rolling reload) is a restart for its clients too: the others serve on
+            self.spare_fresh = restart or sockets.served_after_drain()
             self._drain_budget.set_result(budget)
 
     def _forced(self, _: asyncio.Future[None]) -> None:

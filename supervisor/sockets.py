@@ -17,6 +17,7 @@ from supervisor.plan import ServerPlan
 
 _INHERITED: dict[str, int] = {}  # server name -> a listening socket's fd the parent passed to this worker
 _SHARED: list[bool] = []  # [True] in a worker process
+_FLEET_STOPS: list[bool] = []  # [True] in a worker whose parent stops every worker (signals.FLEET_STOP)
 
 
 def inherit(fds: dict[str, int]) -> None:
@@ -55,6 +56,18 @@ class TakeOne(socket.socket):
 
     def _again(self) -> None:
         self._taken = False
+
+
+def fleet_stops() -> None:
+    """This worker's parent stops every worker at once: nobody will accept on these sockets after its drains."""
+    _FLEET_STOPS[:] = [True]
+
+
+def served_after_drain() -> bool:
+    """Another process goes on accepting on this process's sockets after a drain: a worker's sockets are, unless
+    the whole fleet stops. A connection just accepted, whose first request may be on the way, is then answered
+    rather than sent end-of-stream: the client would not know to retry on a fresh connection."""
+    return shared() and not _FLEET_STOPS
 
 
 def shared() -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 
 from supervisor import logs, wire
 from supervisor.commands import STEP_TIMEOUT, Command, Result
+from supervisor.signals import STOP_SIGNALS
 from supervisor.state import ChildStatus, ServerStats
 from supervisor.worker import ENV
 
@@ -49,7 +50,7 @@ class WorkerProcess:
         self.lag = 0.0
         self.blocked = False
         self.problems: list[str] = []  # its config did not load (then it exits 2)
-        self.terminating = False  # sent SIGTERM once (draining): a second one would cut its drain
+        self.terminating = False  # sent a stop signal once (draining): a second one would cut its drain
         self.reported_at = 0.0  # loop time of its last state message (one every wire.STATE_INTERVAL at least)
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()  # its tree serves: resolved once
@@ -164,7 +165,7 @@ class WorkerProcess:
 
     def signal(self, sig: signal.Signals) -> None:
         if self._proc is not None and not self.exited.done():
-            self.terminating = self.terminating or sig is signal.SIGTERM
+            self.terminating = self.terminating or sig in STOP_SIGNALS
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(sig)
 

@@ -2,7 +2,8 @@
 N worker processes (worker.py) run the supervision tree on those sockets (the gunicorn/uvicorn model, not
 SO_REUSEPORT: a dying worker's accept queue would be reset with it). A dead worker is replaced with backoff;
 too many deaths in the restart window and the parent shuts down in order and exits 1. SIGTERM: the parent lets
-its sockets go and every worker drains in parallel, bounded (a second signal is passed on: it cuts their waits).
+its sockets go and every worker drains in parallel, bounded, told by signals.FLEET_STOP that nobody serves after it
+(a second signal is passed on: it cuts their waits).
 A reload rolls the workers one at a time (worker_reload.py); the old ones drain in the background
 (worker_retire.py). Views read the workers through fleet.Fleet.
 """
@@ -23,7 +24,7 @@ from supervisor.fleet import Fleet, Slot, summed
 from supervisor.parent_sockets import ParentSockets
 from supervisor.plan import Plan
 from supervisor.restart import Intensity
-from supervisor.signals import handle_signals
+from supervisor.signals import FLEET_STOP, handle_signals
 from supervisor.state import WorkerState
 from supervisor.status import status_table
 from supervisor.tree import View
@@ -166,7 +167,7 @@ class Parent:
             self.fleet.bury(process)
             raise
         if self.stopping:  # forked while the shutdown signalled the others: it holds the sockets now, stop it too
-            process.signal(signal.SIGTERM)
+            process.signal(FLEET_STOP)
         return process
 
     def retire(self, process: WorkerProcess) -> asyncio.Future[None]:
@@ -201,8 +202,8 @@ class Parent:
         fleet.publish()
         processes = fleet.processes()
         for process in processes:
-            if not process.terminating:  # a reload's retiring worker drains already: a second TERM would cut it
-                process.signal(signal.SIGTERM)
+            if not process.terminating:  # a reload's retiring worker drains already: a second signal would cut it
+                process.signal(FLEET_STOP)
         # Our copies go now, not after the drains: a listening socket refuses new clients only once its last
         # descriptor is closed, and the workers close theirs as their drains begin. Kept, it went on queueing
         # clients nobody would accept, reset at exit (a new client hung 2.9 s, then reset; workers: 1 refuses).

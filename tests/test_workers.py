@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.streams import FRESH_WINDOW
 from tests.e2e_util import free_port, write_config
 from tests.proc import SupervisorProcess
 from tests.test_ctl import ctl
@@ -320,6 +321,24 @@ def test_sigterm_drains_every_worker_and_a_second_one_cuts_the_wait(tmp_path: Pa
         sp.signal(signal.SIGTERM)
         assert sp.wait(30) == 0
         assert time.monotonic() - started < 5.0  # not the 10 s shutdown_timeout nor the 30 s request
+
+
+def test_the_fleets_shutdown_ends_a_just_accepted_idle_connection_at_once(tmp_path: Path) -> None:
+    """A retiring worker (a rolling reload) spares a connection it just accepted for FRESH_WINDOW (1 s): its first
+    request may be on the way and the other workers serve on. When every worker stops nobody does: the parent
+    says so with its signal (FLEET_STOP), and the connection reads end-of-stream at once, as with workers: 1."""
+    _write_handler(tmp_path, "v1")
+    with SupervisorProcess(_tree(tmp_path, free_port(), free_port())) as sp:
+        port = _ports(sp)["web"]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as fresh:  # connected, sends nothing yet
+            until(lambda: _active(sp) == 1, what="a worker accepted it")
+            stopping = time.monotonic()
+            sp.signal(signal.SIGTERM)
+            assert fresh.recv(100) == b""  # end-of-stream, not an answer or a reset
+            ended = time.monotonic() - stopping
+        assert sp.wait(30) == 0
+        sp.wait_for(r"shutting down \(SIGINT: every worker stops\)")
+    assert ended < 0.9 * FRESH_WINDOW, ended  # was 1.0 s and more: the worker took it for its retirement
 
 
 def _refused(port: int) -> bool:
