@@ -1,13 +1,17 @@
 """The listening sockets of a parent with ``supervisor.workers: N``: bound once, at start (or by a reload that
-adds or moves a server), kept for the parent's life, and closed with their unix socket files."""
+adds or moves a server), kept for the parent's life, and closed with their unix socket files. While every worker
+has a server stopped (``stop NAME``) its socket refuses new clients, its port kept."""
 
 from __future__ import annotations
 
+import logging
 import socket
 
 from supervisor import sockets
 from supervisor.errors import SupervisorError
-from supervisor.plan import Plan
+from supervisor.plan import Plan, ServerPlan
+
+LOGGER = logging.getLogger("supervisor")
 
 
 class ParentSockets(dict[str, socket.socket]):
@@ -16,6 +20,7 @@ class ParentSockets(dict[str, socket.socket]):
     def __init__(self) -> None:
         super().__init__()
         self._files: dict[int, tuple[int, int] | None] = {}  # fd -> its unix socket file, removed at close
+        self._refusing: set[str] = set()  # stopped in every worker: not listening (refuse)
 
     @classmethod
     def bind(cls, plan: Plan) -> ParentSockets:
@@ -33,11 +38,42 @@ class ParentSockets(dict[str, socket.socket]):
         return bound
 
     def adopt(self, name: str, sock: socket.socket) -> None:
+        self._refusing.discard(name)  # a reload's new socket for a moved server listens
         self[name] = sock
         self._files[sock.fileno()] = sockets.identity(sock)
+
+    def refuse(self, server: ServerPlan) -> None:
+        """Every worker has stopped ``server``: new clients are refused until :meth:`resume`, as a single process's
+        closed port refuses them, instead of waiting in a queue nobody accepts from. The socket stops listening
+        (shutdown on a listening socket; the clients queued are reset, as at a close) and keeps its port, on which
+        it listens again. A fixed TCP port only: Linux gives up an ephemeral port (``port: 0``) at the shutdown,
+        and a unix socket cannot listen again (both measured on 6.18); those go on queueing clients. No worker
+        accepts on it meanwhile: each has the server stopped, and one started since starts it stopped."""
+        sock = self.get(server.name)
+        if sock is None or server.unix or not server.port or server.name in self._refusing:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RD)
+        except OSError as exc:
+            LOGGER.warning("server %s: cannot refuse new clients while stopped (%s): they wait", server.name, exc)
+            return
+        self._refusing.add(server.name)
+
+    def resume(self, server: ServerPlan) -> None:
+        """Listen again on a socket that :meth:`refuse` stopped (``start NAME``), before any worker accepts."""
+        if server.name in self._refusing and (sock := self.get(server.name)) is not None:
+            self._refusing.discard(server.name)
+            sock.listen(server.backlog)
+
+    def resize(self, server: ServerPlan) -> None:
+        """A reload's new backlog: Linux resizes a listening queue in place. A refusing socket takes it when it
+        resumes (listen() now would make it listen while stopped)."""
+        if server.name not in self._refusing:
+            self[server.name].listen(server.backlog)
 
     def close(self, names: list[str] | None = None) -> None:
         """Close ``names`` (every socket if None) for good."""
         for name in list(self) if names is None else names:
+            self._refusing.discard(name)
             sock = self.pop(name)
             sockets.close(sock, self._files.pop(sock.fileno(), None))

@@ -174,7 +174,7 @@ def _adopt(parent: Parent, plan: Plan, config: ConfigText, pending: Pending) -> 
     backlogs = {s.name: s.backlog for s in parent.plan.servers}
     for server in plan.servers:
         if server.name not in pending and backlogs.get(server.name, server.backlog) != server.backlog:
-            parent.sockets[server.name].listen(server.backlog)  # Linux resizes a listening queue in place
+            parent.sockets.resize(server)
     for name, (sock, _) in list(pending.items()):
         if name in parent.sockets:
             parent.sockets[f"{name}@old"] = parent.sockets.pop(name)

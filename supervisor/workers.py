@@ -20,7 +20,7 @@ from supervisor import sockets, wire
 from supervisor.commands import Command, Result
 from supervisor.config import read_config
 from supervisor.errors import GaveUp, SupervisorError
-from supervisor.fleet import Fleet, Slot, summed
+from supervisor.fleet import Fleet, Slot
 from supervisor.parent_sockets import ParentSockets
 from supervisor.plan import Plan
 from supervisor.restart import Intensity
@@ -28,6 +28,7 @@ from supervisor.signals import FLEET_STOP, handle_signals
 from supervisor.state import WorkerState
 from supervisor.status import status_table
 from supervisor.tree import View
+from supervisor.worker_control import named
 from supervisor.worker_keeper import keep
 from supervisor.worker_process import EXIT_GRACE, ConfigText, WorkerProcess
 from supervisor.worker_retire import Retirees
@@ -101,20 +102,7 @@ class Parent:
             return await self.reload("control")
         if self.stopping:
             return Result(False, "the supervisor is shutting down")
-        # `stop all` comes here one name at a time (console_commands). The intent is recorded before the workers
-        # act, so a worker started meanwhile (a replacement, a reload's canary) starts the server as asked
-        name = name or ""
-        was_stopped = name in self.stopped_servers
-        if command is Command.STOP:
-            self.stopped_servers.add(name)
-        elif command in (Command.START, Command.RESTART):
-            self.stopped_servers.discard(name)
-        steps = await self.fleet.steps(command, name)
-        if not any(r.ok for _, r in steps):  # no worker did it: the mark is as it was (if one did, its
-            self.stopped_servers.discard(name)  # replacement must agree with it)
-            if was_stopped:
-                self.stopped_servers.add(name)
-        return summed(steps)
+        return await named(self, command, name or "")
 
     def reload(self, trigger: str) -> asyncio.Future[Result]:
         from supervisor.worker_reload import roll

@@ -731,6 +731,50 @@ def test_a_server_stopped_by_hand_stays_stopped_in_a_replacement_worker_and_thro
     assert "]: server web listening" not in between  # no worker served it between the stop and the start
 
 
+def test_a_server_stopped_in_every_worker_refuses_new_clients_until_started(tmp_path: Path) -> None:
+    """As a single process's closed port: refused at once (they waited in a queue nobody accepted from), through a
+    replaced worker and a reload that changes its backlog; `start` serves it again on the same port."""
+    _write_handler(tmp_path, "v1")
+    metrics, console, web = free_port(), free_port(), free_port()
+
+    def config(backlog: int) -> Path:
+        return write_config(
+            tmp_path,
+            f"""
+            supervisor: {{workers: 2, shutdown_timeout: 10s}}
+            metrics: {{port: {metrics}}}
+            console: {{port: {console}}}
+            servers:
+              - {{name: ver, handler: "ver:handle", port: 0}}
+              - {{name: web, handler: "supervisor.handlers.http:make", port: {web}, backlog: {backlog}}}
+            """,
+        )
+
+    def get() -> bytes:
+        with socket.create_connection(("127.0.0.1", web), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return s.recv(100)
+
+    with SupervisorProcess(config(128)) as sp:
+        _ports(sp)
+        assert get().startswith(b"HTTP/1.1 200")
+        assert ctl("--port", str(console), "stop", "web").returncode == 0
+        assert _refused(web)
+        victim = _worker_pids(sp)[1]
+        os.kill(victim, signal.SIGKILL)
+        until(lambda: _worker_pids(sp)[1] != victim, what="worker 1 replaced and ready")
+        assert _refused(web)
+        config(256)
+        reloaded = ctl("--port", str(console), "reload")
+        assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+        assert _refused(web)
+        assert ctl("--port", str(console), "start", "web").returncode == 0
+        assert get().startswith(b"HTTP/1.1 200")
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+    assert "Traceback" not in sp.output
+
+
 def test_replacement_workers_serve_the_dependents_of_a_server_stopped_by_hand(tmp_path: Path) -> None:
     """`ver` starts after `web`; with `web` stopped, a worker replacing a dead one must not wait for it: it is
     ready and serves `ver`. Both workers are replaced, so the answers can only come from replacements."""
