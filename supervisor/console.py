@@ -73,9 +73,13 @@ class SupervisorMonitor(aiomonitor.Monitor):  # type: ignore[misc]  # aiomonitor
             if self._answering:
                 await asyncio.wait(set(self._answering), timeout=timeout)
 
+        if not self._answering:  # read from this thread: at worst stale by one answer that has just ended
+            return
+        waiting = settle()
         try:
-            done = asyncio.run_coroutine_threadsafe(settle(), self._ui_loop)
+            done = asyncio.run_coroutine_threadsafe(waiting, self._ui_loop)
         except RuntimeError:  # the UI loop is closed: nothing is being written
+            waiting.close()
             return
         with contextlib.suppress(TimeoutError):  # a stuck UI thread: close() handles that one
             await asyncio.wait_for(asyncio.wrap_future(done), timeout)

@@ -47,23 +47,35 @@ class ParentSockets(dict[str, socket.socket]):
         closed port refuses them, instead of waiting in a queue nobody accepts from. The socket stops listening
         (shutdown on a listening socket; the clients queued are reset, as at a close) and keeps its port, on which
         it listens again. A fixed TCP port only: Linux gives up an ephemeral port (``port: 0``) at the shutdown,
-        and a unix socket cannot listen again (both measured on 6.18); those go on queueing clients. No worker
-        accepts on it meanwhile: each has the server stopped, and one started since starts it stopped."""
+        and a unix socket cannot listen again (both measured on 6.18); those go on queueing clients. The caller
+        makes sure no worker accepts on it (worker_control.py): each accept would fail with EINVAL, in a loop.
+
+        SO_REUSEADDR is off while it refuses: a socket that does not listen lets another one with the option bind
+        the port (measured: a second server took it, and our listen() then failed with EADDRINUSE); without it
+        ours conflicts with theirs. It is on again before the socket listens (the port's TIME_WAIT connections)."""
         sock = self.get(server.name)
         if sock is None or server.unix or not server.port or server.name in self._refusing:
             return
         try:
             sock.shutdown(socket.SHUT_RD)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         except OSError as exc:
             LOGGER.warning("server %s: cannot refuse new clients while stopped (%s): they wait", server.name, exc)
             return
         self._refusing.add(server.name)
 
-    def resume(self, server: ServerPlan) -> None:
-        """Listen again on a socket that :meth:`refuse` stopped (``start NAME``), before any worker accepts."""
-        if server.name in self._refusing and (sock := self.get(server.name)) is not None:
-            self._refusing.discard(server.name)
+    def resume(self, server: ServerPlan) -> str | None:
+        """Listen again on a socket that :meth:`refuse` stopped (``start NAME``), before any worker accepts; None,
+        or why it cannot (it then refuses on)."""
+        if server.name not in self._refusing or (sock := self.get(server.name)) is None:
+            return None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.listen(server.backlog)
+        except OSError as exc:
+            return f"cannot listen on its port again: {exc.strerror or exc}"
+        self._refusing.discard(server.name)
+        return None
 
     def resize(self, server: ServerPlan) -> None:
         """A reload's new backlog: Linux resizes a listening queue in place. A refusing socket takes it when it

@@ -26,12 +26,20 @@ class _Head:
 
 class Node:
     """A connection whose protocol cannot take our slots (a factory's instances, moved to a same-layout subclass):
-    in ``nodes``, not linked. 56 B + the dict entry's 37 B + the float's 24 B (the dict's old tuple was 56 B).
-    With ``idle_timeout`` it holds the connection's Silence (protocol_idle.py)."""
+    in ``nodes``, not linked. 48 B + the dict entry's 37 B + the float's 24 B (the dict's old tuple was 56 B)."""
 
-    __slots__ = ("_supervisor_silence", "_supervisor_since", "_supervisor_transport")
+    __slots__ = ("_supervisor_since", "_supervisor_transport")
     _supervisor_since: float
     _supervisor_transport: Any
+
+
+class IdleNode(Node):
+    """A Node of a server with ``idle_timeout``: it holds the connection's Silence (protocol_idle.py)."""
+
+    __slots__ = ("_supervisor_silence",)
+
+
+_NODES = (Node, IdleNode)
 
 
 class ProtocolConnections:
@@ -58,9 +66,9 @@ class ProtocolConnections:
     def __len__(self) -> int:
         return self._count
 
-    def node(self, proto: asyncio.BaseProtocol) -> Node:
-        """A new Node for a protocol that cannot take our slots."""
-        node = self.nodes[proto] = Node()
+    def node(self, proto: asyncio.BaseProtocol, *, idle: bool = False) -> Node:
+        """A new Node for a protocol that cannot take our slots (an IdleNode with ``idle_timeout``)."""
+        node = self.nodes[proto] = IdleNode() if idle else Node()
         return node
 
     def forget(self, proto: asyncio.BaseProtocol) -> Node | None:
@@ -69,7 +77,7 @@ class ProtocolConnections:
     def add(self, node: Any, transport: asyncio.BaseTransport, now: float) -> None:
         node._supervisor_transport = transport
         node._supervisor_since = now
-        if type(node) is not Node:  # the protocol itself: linked in last
+        if type(node) not in _NODES:  # the protocol itself: linked in last
             head = self._head
             node._supervisor_prev = last = head._supervisor_prev
             node._supervisor_next = head
@@ -83,7 +91,7 @@ class ProtocolConnections:
         if getattr(node, "_supervisor_transport", None) is None:
             return  # never added (refused at max_connections), or removed already
         node._supervisor_transport = None
-        if type(node) is not Node:
+        if type(node) not in _NODES:
             prev, after = node._supervisor_prev, node._supervisor_next
             prev._supervisor_next = after
             after._supervisor_prev = prev

@@ -92,7 +92,7 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
             late = gen.draining  # inherited after its drain began (listener.py): drain it like the others
         if not gen.listener.admit_transport(transport):
             return
-        node = self if own else conns.node(self)
+        node = self if own else conns.node(self, idle=bool(idle))
         conns.add(node, transport, loop.time())
         if idle:
             setattr(node, SILENCE, Silence(loop, transport, idle, gen.stats))
@@ -149,8 +149,9 @@ def _subclass(gen: Generation, base: type, *, own: bool) -> type:
         "resume_writing": resume_writing,
         SUPERVISED: staticmethod(failed),
     }
-    if idle:  # only then a frame of ours around data_received: it notes the time of each read
-        namespace["data_received"] = heard_by(base.data_received, loop, None if own else nodes)  # type: ignore[attr-defined]
+    if idle:  # only then a frame of ours around data_received (a BufferedProtocol's buffer_updated): the read's time
+        received = "data_received" if hasattr(base, "data_received") else "buffer_updated"
+        namespace[received] = heard_by(getattr(base, received), loop, None if own else nodes)
     return type(base.__name__, (base,), namespace)
 
 

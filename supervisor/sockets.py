@@ -64,9 +64,10 @@ def fleet_stops() -> None:
 
 
 def served_after_drain() -> bool:
-    """Another process goes on accepting on this process's sockets after a drain: a worker's sockets are, unless
-    the whole fleet stops. A connection just accepted, whose first request may be on the way, is then answered
-    rather than sent end-of-stream: the client would not know to retry on a fresh connection."""
+    """Another process may go on accepting on this process's sockets after a drain: a worker's, unless the whole
+    fleet stops (for a ``stop NAME`` too, and after a parent died: it cannot tell, and sparing costs 1 s at most).
+    A connection just accepted, whose first request may be on the way, is then answered rather than sent
+    end-of-stream: the client would not know to retry on a fresh connection."""
     return shared() and not _FLEET_STOPS
 
 

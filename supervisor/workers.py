@@ -71,6 +71,7 @@ class Parent:
         # stopped by `stop NAME` until `start`/`restart`: a worker started later (a replacement, a reload's) starts
         # them stopped too, as a single process keeps them stopped through a reload
         self.stopped_servers: set[str] = set()
+        self.commanding = asyncio.Lock()  # one named command at a time (worker_control.py)
 
     # -- control ---------------------------------------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class Parent:
             self.fleet.bury(process)
             raise
         if self.stopping:  # forked while the shutdown signalled the others: it holds the sockets now, stop it too
-            process.signal(FLEET_STOP)
+            process.signal(_stop_signal(process))
         return process
 
     def retire(self, process: WorkerProcess) -> asyncio.Future[None]:
@@ -191,7 +192,7 @@ class Parent:
         processes = fleet.processes()
         for process in processes:
             if not process.terminating:  # a reload's retiring worker drains already: a second signal would cut it
-                process.signal(FLEET_STOP)
+                process.signal(_stop_signal(process))
         # Our copies go now, not after the drains: a listening socket refuses new clients only once its last
         # descriptor is closed, and the workers close theirs as their drains begin. Kept, it went on queueing
         # clients nobody would accept, reset at exit (a new client hung 2.9 s, then reset; workers: 1 refuses).
@@ -230,6 +231,12 @@ class Parent:
         """A reload removed ``slot`` (fewer workers): its keeper stops replacing it."""
         if (task := self._keepers.pop(slot.number, None)) is not None:
             task.cancel()
+
+
+def _stop_signal(process: WorkerProcess) -> signal.Signals:
+    """FLEET_STOP for a worker that serves; SIGTERM for one still starting: it may not handle signals yet, and
+    SIGINT would then end it with a KeyboardInterrupt traceback (SIGTERM, silently; it holds no connection)."""
+    return FLEET_STOP if process.ready.done() else signal.SIGTERM
 
 
 async def _every(futures: list[asyncio.Future[int]]) -> None:

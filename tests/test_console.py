@@ -145,12 +145,13 @@ async def test_the_shutdown_answer_is_written_before_the_console_closes(
 ) -> None:
     """`ctl shutdown` stops the supervisor, whose shutdown may take 1 ms: the console's close must not cancel the
     reply still on its way (CI once saw the client read a closed connection and exit 1). A slow UI thread is made
-    certain here: each answer reaches the client 0.3 s after the supervisor answered it."""
+    certain here: the answer is written 0.3 s after the supervisor gave it, when its shutdown (1 ms) is over and
+    the console is closing (the close waits up to ANSWER_GRACE, 1 s)."""
     execute = console_commands.execute
 
     async def slow_execute(*args: Any, **kwargs: Any) -> Reply:
         result = await execute(*args, **kwargs)
-        await asyncio.sleep(0.3)  # on the UI loop, after the supervisor's loop has begun its shutdown
+        await asyncio.sleep(0.3)  # the slow UI thread under test, not a wait for an event
         return result
 
     monkeypatch.setattr(console_commands, "execute", slow_execute)
@@ -162,8 +163,7 @@ async def test_the_shutdown_answer_is_written_before_the_console_closes(
         await sup.ready
         reply = asyncio.create_task(asyncio.to_thread(_request, port, "shutdown"))
         async with asyncio.timeout(10):
-            await task  # the shutdown is over well before the answer is written
-        assert not reply.done()
+            await task
     assert await reply == Reply(True, "shutting down")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trustme
 
-from supervisor import current_server
+from supervisor import current_server, protocol_idle
 from supervisor.errors import ConfigError
 from supervisor.state import ChildState
 from tests.e2e_util import write_config
@@ -128,6 +128,46 @@ def make_spawner(options: Mapping[str, Any]) -> type[Spawner]:
 
 def make_instances(options: Mapping[str, Any]) -> Callable[[], asyncio.Protocol]:
     return lambda: Slotted()
+
+
+class Patient(asyncio.Protocol):
+    """``slow``: answers 0.6 s later, reading paused meanwhile; ``get N``: sends N MiB in one write."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if data.startswith(b"slow"):
+            self.transport.pause_reading()  # busy with it: the client's silence meanwhile is the server's time
+            asyncio.get_running_loop().call_later(0.6, self.answer)
+        elif data.startswith(b"get"):
+            self.transport.write(b"x" * (int(data.split()[1]) << 20))
+
+    def answer(self) -> None:
+        self.transport.write(b"done\n")
+        self.transport.resume_reading()
+
+
+class Buffered(asyncio.BufferedProtocol):
+    """An echo that reads into its own buffer: its reads are buffer_updated, there is no data_received."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buffer = bytearray(4096)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.transport.write(bytes(self.buffer[:nbytes]))
+
+
+def make_patient(options: Mapping[str, Any]) -> type[Patient]:
+    return Patient
+
+
+def make_buffered(options: Mapping[str, Any]) -> type[Buffered]:
+    return Buffered
 
 
 @pytest.fixture(autouse=True)
@@ -464,6 +504,69 @@ async def test_idle_timeout_aborts_a_client_that_neither_sends_nor_reads(tmp_pat
             await eventually(lambda: stats.active == 0)
         finally:
             sock.close()
+
+
+PATIENT = """
+servers:
+  - {name: p, kind: protocol, handler: "tests.test_protocol:make_patient", port: 0, idle_timeout: 300ms}
+  - {name: b, kind: protocol, handler: "tests.test_protocol:make_buffered", port: 0, idle_timeout: 300ms}
+"""
+
+
+async def test_idle_timeout_counts_only_the_time_the_server_waits_for_the_client(tmp_path: Path) -> None:
+    """Found in review: a slow answer (reading paused meanwhile) and a download the client reads at its pace were
+    cut as idle. The stream kind's rule: the server's own time is not the client's silence."""
+    async with running(plan_from(tmp_path, PATIENT)) as sup:
+        port = port_of(sup, "p")
+        stats = sup.child("p").stats  # type: ignore[union-attr]
+        async with asyncio.timeout(DEADLINE):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"slow\n")
+            assert await reader.readline() == b"done\n"  # 0.6 s later: twice the timeout
+            assert stats.client_errors["idle_timeout"] == 0
+            writer.write(b"get 24\n")  # more than the kernel's buffers take: the rest waits in the transport
+            got = 0
+            while got < 24 << 20:  # 24 MiB in 256 KiB reads, 10 ms apart: about a second of downloading
+                got += len(await reader.readexactly(256 << 10))  # IncompleteReadError if it was cut
+                await asyncio.sleep(0.01)  # the client's own pace, not a wait for the server
+            assert await reader.read() == b""  # then silent: closed, after all of it
+            writer.close()
+        assert stats.client_errors["idle_timeout"] == 1
+
+
+async def test_idle_timeout_with_a_buffered_protocol(tmp_path: Path) -> None:
+    """Its reads are buffer_updated (found in review: the server failed every start, having no data_received)."""
+    async with running(plan_from(tmp_path, PATIENT)) as sup:
+        port = port_of(sup, "b")
+        assert await talk(port, b"hello\n") == b"hello\n"
+        async with asyncio.timeout(DEADLINE):
+            quiet_r, quiet_w = await asyncio.open_connection("127.0.0.1", port)
+            assert await quiet_r.read() == b""
+            quiet_w.close()
+        assert sup.child("b").stats.client_errors["idle_timeout"] == 1  # type: ignore[union-attr]
+
+
+async def test_idle_timeout_ends_a_tls_client_that_neither_sends_nor_reads(tmp_path: Path) -> None:
+    """TLS's close waits for the client's own close_notify (asyncio: up to 30 s), and a TLS transport's unsent count
+    leaves out what waits beneath it: the close is cut after CLOSE_GRACE."""
+    ca = trustme.CA()
+    server_files(ca, tmp_path)
+    config = IDLE.replace("port: 0, idle", "port: 0, tls: {cert: server.pem, key: server.key}, idle")
+    async with running(plan_from(tmp_path, config)) as sup:
+        stats = sup.child("own").stats  # type: ignore[union-attr]
+        port = port_of(sup, "own")
+
+        def handshake() -> ssl.SSLSocket:  # then never reads nor sends again
+            raw = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+            return client_context(ca).wrap_socket(raw, server_hostname="127.0.0.1")
+
+        client = await asyncio.to_thread(handshake)
+        try:
+            await eventually(lambda: stats.active == 1)
+            await eventually(lambda: stats.client_errors["idle_timeout"] == 1)
+            await eventually(lambda: stats.active == 0, timeout=protocol_idle.CLOSE_GRACE + MARGIN + 1)
+        finally:
+            client.close()
 
 
 async def loop_sendall(sock: socket.socket, data: bytes) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.ctl import ConsoleClient
 from supervisor.streams import FRESH_WINDOW
 from tests.e2e_util import free_port, write_config
 from tests.proc import SupervisorProcess
@@ -772,6 +773,49 @@ def test_a_server_stopped_in_every_worker_refuses_new_clients_until_started(tmp_
         assert get().startswith(b"HTTP/1.1 200")
         sp.signal(signal.SIGTERM)
         assert sp.wait(30) == 0
+    assert "Traceback" not in sp.output
+
+
+def test_a_stop_and_a_start_at_once_leave_the_socket_as_the_workers_are(tmp_path: Path) -> None:
+    """Found in review: a `start` sent while a `stop` was under way made a worker listen on the socket the stop
+    then refused (clients refused while `status` said running; thousands of EINVAL tracebacks). One named command
+    at a time: whichever comes last wins, and the socket agrees with the workers."""
+    _write_handler(tmp_path, "v1")
+    metrics, console, web = free_port(), free_port(), free_port()
+    config = write_config(
+        tmp_path,
+        f"""
+        supervisor: {{workers: 2, shutdown_timeout: 10s}}
+        metrics: {{port: {metrics}}}
+        console: {{port: {console}}}
+        servers:
+          - {{name: web, handler: "supervisor.handlers.http:make", port: {web}}}
+        """,
+    )
+    with SupervisorProcess(config) as sp:
+        _ports(sp)
+        for _ in range(4):
+            clients = [ConsoleClient("127.0.0.1", console, timeout=20) for _ in range(2)]
+            for c in clients:
+                c.connect()
+                c.wait_prompt()
+            replies: list[object] = []
+            threads = [threading.Thread(target=lambda c=c, a=a, r=replies: r.append(c.request(a, "web")))
+                       for c, a in zip(clients, ("stop", "start"), strict=True)]  # fmt: skip
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            for c in clients:
+                c.close()
+            assert len(replies) == 2, replies
+            state = re.search(r"^web\s+(\S+)", ctl("--port", str(console), "status").stdout, re.M)
+            assert state is not None
+            assert _refused(web) == (state[1] == "stopped"), state[1]
+            assert ctl("--port", str(console), "start", "web").returncode == 0
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(30) == 0
+    assert "Invalid argument" not in sp.output
     assert "Traceback" not in sp.output
 
 
