@@ -111,14 +111,11 @@ class Fleet:
 
     # -- for the parent's coordinator --------------------------------------------------------------------------------
 
-    async def fan_out(self, command: Command, name: str) -> Result:
-        """Run a server command (restart, stop, start NAME) in every serving worker. ``restart``: one worker after the
-        other, so the server never stops in every worker at once; ``stop`` and ``start`` in every worker at once
-        (their end state is the same everywhere). commands.answer_timeout is how long the console waits for it."""
-        return summed(await self.steps(command, name))
-
     async def steps(self, command: Command, name: str) -> list[tuple[int, Result]]:
-        """:meth:`fan_out`'s steps: (worker number, its answer) of each serving worker."""
+        """Run a server command (restart, stop, start NAME) in every serving worker: (worker number, its answer) of
+        each (:func:`summed` makes them one). ``restart``: one worker after the other, so the server never stops in
+        every worker at once; ``stop`` and ``start`` in every worker at once (their end state is the same
+        everywhere). commands.answer_timeout is how long the console waits for it."""
         serving = [
             (s.number, s.process) for s in self.slots if s.process is not None and s.state is WorkerState.RUNNING
         ]

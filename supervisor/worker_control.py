@@ -32,7 +32,8 @@ async def _named(parent: Parent, command: Command, name: str) -> Result:
     server = next((s for s in parent.plan.servers if s.name == name), None)
     starts = command in (Command.START, Command.RESTART)
     if starts and server is not None and (why := parent.sockets.resume(server)) is not None:
-        return Result(False, f"{name}: {why}; it stays stopped")  # listening before any worker accepts, or not
+        # listening before any worker accepts, or not at all
+        return Result(False, f"{name}: {why}; it stays stopped: free the port, then start {name} again")
     if command is Command.STOP:
         marks.add(name)
     elif command in (Command.START, Command.RESTART):

@@ -126,16 +126,22 @@ async def test_stop_start_and_status_json_through_ctl_requests(tmp_path: Path) -
     )
 
 
-async def test_shutdown_from_the_console(tmp_path: Path) -> None:
+async def _shut_down_from_the_console(tmp_path: Path) -> tuple[Reply, Supervisor]:
+    """``shutdown`` typed at the console of a serving supervisor: its reply, once the console has closed."""
     port = free_port_run(2)
     plan = _plan(tmp_path, port)
     sup = Supervisor(plan)
     async with console_view(plan, sup):
         task = asyncio.create_task(sup.serve())
         await sup.ready
-        reply = await asyncio.to_thread(_request, port, "shutdown")
+        reply = asyncio.create_task(asyncio.to_thread(_request, port, "shutdown"))
         async with asyncio.timeout(10):
             await task  # serve() returns: the ordered shutdown ran
+    return await reply, sup
+
+
+async def test_shutdown_from_the_console(tmp_path: Path) -> None:
+    reply, sup = await _shut_down_from_the_console(tmp_path)
     assert reply == Reply(True, "shutting down")
     assert sup.stop_reason == "control: shutdown"
 
@@ -155,16 +161,8 @@ async def test_the_shutdown_answer_is_written_before_the_console_closes(
         return result
 
     monkeypatch.setattr(console_commands, "execute", slow_execute)
-    port = free_port_run(2)
-    plan = _plan(tmp_path, port)
-    sup = Supervisor(plan)
-    async with console_view(plan, sup):
-        task = asyncio.create_task(sup.serve())
-        await sup.ready
-        reply = asyncio.create_task(asyncio.to_thread(_request, port, "shutdown"))
-        async with asyncio.timeout(10):
-            await task
-    assert await reply == Reply(True, "shutting down")
+    reply, _ = await _shut_down_from_the_console(tmp_path)
+    assert reply == Reply(True, "shutting down")
 
 
 async def test_commands_before_the_supervisor_runs(tmp_path: Path) -> None:

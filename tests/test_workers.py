@@ -46,20 +46,23 @@ async def handle(reader, writer):
 """
 
 
+VER = '{name: ver, handler: "ver:handle", port: 0}'
+WEB = '{name: web, handler: "supervisor.handlers.http:make", port: 0}'
+
+
 def _tree(
-    tmp_path: Path, metrics: int, console: int, *, workers: int = 2, more: str = "", loop: str = "asyncio"
-) -> Path:
-    return write_config(
-        tmp_path,
-        f"""
-        supervisor: {{workers: {workers}, loop: {loop}, shutdown_timeout: 10s{more}}}
-        metrics: {{port: {metrics}}}
-        console: {{port: {console}}}
-        servers:
-          - {{name: ver, handler: "ver:handle", port: 0}}
-          - {{name: web, handler: "supervisor.handlers.http:make", port: 0}}
-        """,
-    )
+    tmp_path: Path, metrics: int, console: int, *, workers: int = 2, more: str = "", loop: str = "asyncio",
+    servers: tuple[str, ...] = (VER, WEB),
+) -> Path:  # fmt: skip
+    """The config file: ``servers`` as flow mappings, one a line."""
+    entries = "".join(f"\n  - {server}" for server in servers)
+    text = f"""\
+supervisor: {{workers: {workers}, loop: {loop}, shutdown_timeout: 10s{more}}}
+metrics: {{port: {metrics}}}
+console: {{port: {console}}}
+servers:{entries}
+"""
+    return write_config(tmp_path, text)
 
 
 def _write_handler(tmp_path: Path, version: str) -> None:
@@ -739,17 +742,8 @@ def test_a_server_stopped_in_every_worker_refuses_new_clients_until_started(tmp_
     metrics, console, web = free_port(), free_port(), free_port()
 
     def config(backlog: int) -> Path:
-        return write_config(
-            tmp_path,
-            f"""
-            supervisor: {{workers: 2, shutdown_timeout: 10s}}
-            metrics: {{port: {metrics}}}
-            console: {{port: {console}}}
-            servers:
-              - {{name: ver, handler: "ver:handle", port: 0}}
-              - {{name: web, handler: "supervisor.handlers.http:make", port: {web}, backlog: {backlog}}}
-            """,
-        )
+        fixed = WEB.replace("port: 0", f"port: {web}, backlog: {backlog}")
+        return _tree(tmp_path, metrics, console, servers=(VER, fixed))
 
     def get() -> bytes:
         with socket.create_connection(("127.0.0.1", web), timeout=5) as s:
@@ -782,16 +776,7 @@ def test_a_stop_and_a_start_at_once_leave_the_socket_as_the_workers_are(tmp_path
     at a time: whichever comes last wins, and the socket agrees with the workers."""
     _write_handler(tmp_path, "v1")
     metrics, console, web = free_port(), free_port(), free_port()
-    config = write_config(
-        tmp_path,
-        f"""
-        supervisor: {{workers: 2, shutdown_timeout: 10s}}
-        metrics: {{port: {metrics}}}
-        console: {{port: {console}}}
-        servers:
-          - {{name: web, handler: "supervisor.handlers.http:make", port: {web}}}
-        """,
-    )
+    config = _tree(tmp_path, metrics, console, servers=(WEB.replace("port: 0", f"port: {web}"),))
     with SupervisorProcess(config) as sp:
         _ports(sp)
         for _ in range(4):
@@ -824,17 +809,7 @@ def test_replacement_workers_serve_the_dependents_of_a_server_stopped_by_hand(tm
     ready and serves `ver`. Both workers are replaced, so the answers can only come from replacements."""
     _write_handler(tmp_path, "v1")
     metrics, console = free_port(), free_port()
-    config = write_config(
-        tmp_path,
-        f"""
-        supervisor: {{workers: 2, shutdown_timeout: 10s}}
-        metrics: {{port: {metrics}}}
-        console: {{port: {console}}}
-        servers:
-          - {{name: web, handler: "supervisor.handlers.http:make", port: 0}}
-          - {{name: ver, handler: "ver:handle", port: 0, after: [web]}}
-        """,
-    )
+    config = _tree(tmp_path, metrics, console, servers=(WEB, VER.replace("port: 0", "port: 0, after: [web]")))
     with SupervisorProcess(config) as sp:
         port = _ports(sp)["ver"]
         assert ctl("--port", str(console), "stop", "web").returncode == 0

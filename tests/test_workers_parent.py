@@ -15,7 +15,7 @@ import pytest
 from supervisor import worker_keeper
 from supervisor.collector import make_registry
 from supervisor.commands import Command, Result
-from supervisor.fleet import Fleet
+from supervisor.fleet import Fleet, summed
 from supervisor.state import WorkerState
 from supervisor.worker_process import WorkerProcess
 from tests.helpers import plan_from
@@ -178,6 +178,6 @@ async def test_restart_runs_in_one_worker_after_the_other_stop_and_start_in_all_
     for slot in fleet.slots:
         slot.process, slot.state = cast(WorkerProcess, FakeCommands()), WorkerState.RUNNING
     FakeCommands.running = FakeCommands.most = 0
-    result = await asyncio.wait_for(fleet.fan_out(command, "echo"), 10)
+    result = summed(await asyncio.wait_for(fleet.steps(command, "echo"), 10))
     assert result == Result(True, f"{command}ed echo in 3 worker(s)")
     assert FakeCommands.most == at_once
