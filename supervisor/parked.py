@@ -68,9 +68,26 @@ class Parked(asyncio.Protocol):
         transport.set_protocol(proto)
         proto.connection_made(transport)
         if self._early and not transport.is_closing():
-            proto.data_received(b"".join(self._early))
+            _feed(proto, b"".join(self._early))
         if self._eof and not transport.is_closing():
             if not proto.eof_received():
                 transport.close()
         elif not transport.is_closing():
             transport.resume_reading()  # type: ignore[attr-defined]
+
+
+def _feed(proto: asyncio.BaseProtocol, data: bytes) -> None:
+    """Hand ``data`` to ``proto`` as its transport would: ``data_received``, or a BufferedProtocol's own buffer
+    filled and ``buffer_updated``, as many times as its buffer needs (it has no data_received)."""
+    if not isinstance(proto, asyncio.BufferedProtocol):
+        proto.data_received(data)  # type: ignore[attr-defined]
+        return
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(proto.get_buffer(len(view))).cast("B")
+        n = min(len(buffer), len(view))
+        if not n:  # an empty buffer: asyncio's transports treat it as the protocol's error
+            raise RuntimeError("get_buffer() returned an empty buffer")
+        buffer[:n] = view[:n]
+        proto.buffer_updated(n)
+        view = view[n:]

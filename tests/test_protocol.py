@@ -159,6 +159,8 @@ class Buffered(asyncio.BufferedProtocol):
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.buffer[:nbytes].startswith(b"boom"):
+            raise RuntimeError("boom requested")
         self.transport.write(bytes(self.buffer[:nbytes]))
 
 
@@ -168,6 +170,14 @@ def make_patient(options: Mapping[str, Any]) -> type[Patient]:
 
 def make_buffered(options: Mapping[str, Any]) -> type[Buffered]:
     return Buffered
+
+
+@contextlib.asynccontextmanager
+async def gated_buffered(options: Mapping[str, Any]) -> AsyncIterator[type[Buffered]]:
+    """As :func:`gated`, for the BufferedProtocol."""
+    if current_server().generation >= 2:
+        await GATE.setdefault("g", asyncio.Event()).wait()
+    yield Buffered
 
 
 @pytest.fixture(autouse=True)
@@ -324,6 +334,21 @@ async def test_clients_in_a_restart_gap_are_parked_then_served_by_the_next_gener
         assert not any(w.done() for w in waiting)
         GATE["g"].set()
         assert await asyncio.gather(*waiting) == [b"gen 2\n"] * 5  # none refused, none dropped
+
+
+async def test_a_buffered_protocol_gets_what_parked_clients_sent_in_the_gap(tmp_path: Path) -> None:
+    """A parked connection's first bytes are handed over by buffer_updated (it has no data_received)."""
+    config = GATED.replace("tests.test_protocol:gated", "tests.test_protocol:gated_buffered")
+    async with running(plan_from(tmp_path, config)) as sup:
+        port = port_of(sup, "g")
+        stats = sup.children[0].stats
+        GATE["g"] = asyncio.Event()
+        assert await talk(port, b"boom\n") == b""
+        await eventually(lambda: sup.snapshot().child("g").generation == 2)  # type: ignore[union-attr]
+        waiting = [asyncio.ensure_future(talk(port, b"hello %d\n" % n)) for n in range(5)]
+        await eventually(lambda: stats.parked == 5)
+        GATE["g"].set()
+        assert await asyncio.gather(*waiting) == [b"hello %d\n" % n for n in range(5)]
 
 
 async def test_a_shutdown_in_a_restart_gap_hands_the_parked_clients_to_the_draining_generation(
